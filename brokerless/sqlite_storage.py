@@ -154,10 +154,9 @@ class SqliteStorage:
             first = snapshot.meta.index + 1 if snapshot else 1
             entries = _read_entries(conn, self.path, first)
         last = entries[-1].index if entries else first - 1
-        if hard_state.commit > last:
-            raise CorruptDataError(
-                self.path, f"commit {hard_state.commit} beyond last index {last}"
-            )
+        if not first - 1 <= hard_state.commit <= last:
+            problem = f"commit {hard_state.commit} outside [snapshot {first - 1}, last {last}]"
+            raise CorruptDataError(self.path, problem)
         return PersistedState(hard_state, snapshot, entries)
 
     def save(

@@ -150,6 +150,11 @@ def plan_save(
     if hard_state is not None:
         _check_hard_state_change(cur.hard_state, hard_state)
         after = replace(after, hard_state=hard_state)
+    if snapshot is not None and after.hard_state.commit < snapshot.meta.index:
+        raise StorageError(
+            f"a snapshot at {snapshot.meta.index} holds committed state: commit must reach it "
+            f"(it is {after.hard_state.commit})"
+        )
     if after.hard_state.commit > after.last_index:
         raise StorageError(
             f"commit {after.hard_state.commit} would be beyond the last index {after.last_index}"
