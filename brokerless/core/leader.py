@@ -142,15 +142,15 @@ class LeaderMixin:
     def _start_snapshot(self, peer: NodeId, pr: Progress) -> None:
         if self.snapshot is None:
             return
-        pr.become_snapshot(self.snapshot.meta.index)
+        pr.become_snapshot(self.snapshot)
         self._send_snapshot_chunk(peer, pr)
 
     def _send_snapshot_chunk(self, peer: NodeId, pr: Progress) -> None:
-        snap = self.snapshot
+        # Finish the snapshot we started even if a newer one exists: restarting on every
+        # compaction would never let a slow follower finish.
+        snap = pr.snap
         if snap is None:
             return
-        if pr.snap_index != snap.meta.index:  # we took a newer snapshot meanwhile
-            pr.become_snapshot(snap.meta.index)
         start = pr.snap_offset
         chunk = snap.data[start : start + self.cfg.snapshot_chunk_bytes]
         done = start + len(chunk) >= len(snap.data)
@@ -173,7 +173,11 @@ class LeaderMixin:
                 pr.become_probe()
             self._send_append(msg.src)
             return
-        if pr.state == ReplState.SNAPSHOT and msg.index == pr.snap_index:
+        if pr.state != ReplState.SNAPSHOT or msg.index != pr.snap_index:
+            return
+        # The follower's answer says where it is. An answer equal to where we are is a
+        # duplicate (or an answer to a resend) and sends nothing, so chunks never multiply.
+        if msg.next_offset != pr.snap_offset:
             pr.snap_offset = msg.next_offset
             self._send_snapshot_chunk(msg.src, pr)
 

@@ -15,7 +15,7 @@ class ReplState(str, Enum):
 class Progress:
     __slots__ = (
         "match", "next", "state", "inflight", "paused", "recent_active",
-        "snap_index", "snap_offset", "ack_seq", "match_at_last_heartbeat",
+        "snap_index", "snap_offset", "snap", "ack_seq", "match_at_last_heartbeat",
     )
 
     def __init__(self, next_index: int):
@@ -27,6 +27,7 @@ class Progress:
         self.recent_active = False
         self.snap_index = 0
         self.snap_offset = 0
+        self.snap = None  # the snapshot being sent; kept even if a newer one is taken meanwhile
         self.ack_seq = 0  # highest heartbeat seq this follower acknowledged in our term
         self.match_at_last_heartbeat = -1  # detects a follower that made no progress in a round
 
@@ -34,6 +35,7 @@ class Progress:
         # After a snapshot the follower holds everything up to it, whatever match says.
         floor = self.snap_index + 1 if self.state == ReplState.SNAPSHOT else 0
         self.next = max(self.match + 1, floor)
+        self.snap = None
         self.state = ReplState.PROBE
         self.inflight.clear()
         self.paused = False
@@ -44,10 +46,11 @@ class Progress:
         self.inflight.clear()
         self.paused = False
 
-    def become_snapshot(self, index: int) -> None:
+    def become_snapshot(self, snap) -> None:
         self.state = ReplState.SNAPSHOT
         self.inflight.clear()
-        self.snap_index = index
+        self.snap = snap
+        self.snap_index = snap.meta.index
         self.snap_offset = 0
 
     def acknowledge(self, index: int) -> bool:

@@ -352,9 +352,9 @@ class Core(LeaderMixin):
 
     def _snapshot_buffer(self, msg: InstallSnapshot) -> bytearray | None:
         """The buffer a chunk extends; on a gap, ask the leader to resume where we are."""
-        if msg.offset == 0:
-            self.incoming_snapshot = (msg.index, msg.snap_term, bytearray())
         inc = self.incoming_snapshot
+        if msg.offset == 0 and not (inc and inc[:2] == (msg.index, msg.snap_term)):
+            inc = self.incoming_snapshot = (msg.index, msg.snap_term, bytearray())
         if inc and inc[0] == msg.index and inc[1] == msg.snap_term and len(inc[2]) == msg.offset:
             return inc[2]
         resume = len(inc[2]) if inc and inc[0] == msg.index else 0
