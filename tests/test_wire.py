@@ -42,7 +42,7 @@ A, B = "127.0.0.1:5001", "127.0.0.1:5002"
 EXAMPLES = [
     VoteRequest(3, A, B, 10, 2, pre=True, transfer=False),
     VoteResponse(3, B, A, granted=True, pre=False),
-    Append(4, A, B, 9, 3, (Entry(4, 10, b"bid", EntryKind.COMMAND), Entry(4, 11, b"", EntryKind.NOOP)), 8),
+    Append(4, A, B, 9, 3, (Entry(4, 10, b"bid"), Entry(4, 11, b"", EntryKind.NOOP)), 8),
     Append(4, A, B, 0, 0, (), 0),
     AppendResponse(4, B, A, success=False, index=7, hint_index=5, hint_term=2),
     Heartbeat(5, A, commit=40, seq=MAX_INT),
