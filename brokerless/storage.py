@@ -138,29 +138,33 @@ def plan_save(
     _check_entry_shapes(entries)
     if hard_state is not None:
         _check_hard_state_shape(hard_state)
-    after, truncate_from = cur, None
+        _check_hard_state_change(cur.hard_state, hard_state)
+    installed, truncate_from = cur, None
     if snapshot is not None:
-        after, truncate_from = _plan_install(cur, term_at, snapshot)
+        installed, truncate_from = _plan_install(cur, term_at, snapshot)
+    last_index, last_term = installed.last_index, installed.last_term
     if entries:
-        view = _after_install(term_at, after, truncate_from)
-        if _check_placement(cur.hard_state.commit, view, after, entries):
+        view = _after_install(term_at, installed, truncate_from)
+        if _check_placement(cur.hard_state.commit, view, installed, entries):
             first = entries[0].index
             truncate_from = first if truncate_from is None else min(truncate_from, first)
-        after = replace(after, last_index=entries[-1].index, last_term=entries[-1].term)
-    if hard_state is not None:
-        _check_hard_state_change(cur.hard_state, hard_state)
-        after = replace(after, hard_state=hard_state)
-    if snapshot is not None and after.hard_state.commit < snapshot.meta.index:
-        raise StorageError(
-            f"a snapshot at {snapshot.meta.index} holds committed state: commit must reach it "
-            f"(it is {after.hard_state.commit})"
-        )
-    if after.hard_state.commit > after.last_index:
-        raise StorageError(
-            f"commit {after.hard_state.commit} would be beyond the last index {after.last_index}"
-        )
+        last_index, last_term = entries[-1].index, entries[-1].term
+    after = LogSummary(hard_state or cur.hard_state, installed.snapshot, last_index, last_term)
+    _check_commit_range(after, snapshot)
     drop_through = snapshot.meta.index if snapshot is not None else 0
     return WritePlan(truncate_from, drop_through, snapshot, entries, hard_state, after)
+
+
+def _check_commit_range(after: LogSummary, snapshot: Snapshot | None) -> None:
+    """Commit ends up within the log, and at or past a snapshot just installed."""
+    commit = after.hard_state.commit
+    if snapshot is not None and commit < snapshot.meta.index:
+        raise StorageError(
+            f"a snapshot at {snapshot.meta.index} holds committed state: commit must reach it "
+            f"(it is {commit})"
+        )
+    if commit > after.last_index:
+        raise StorageError(f"commit {commit} would be beyond the last index {after.last_index}")
 
 
 def _plan_install(

@@ -25,6 +25,7 @@ from brokerless.sqlite_storage import (
     describe_store,
     entry_crc,
     hard_state_crc,
+    snapshot_crc,
 )
 from brokerless.storage import (
     CorruptDataError,
@@ -687,6 +688,13 @@ def test_memory_and_sqlite_agree_on_any_sequence(data: st.DataObject) -> None:
         reopened = SqliteStorage(directory, Durability.OFF)
         assert reopened.load() == memory.load()
         reopened.close()
+
+
+def test_checksums_match_the_documented_test_vectors() -> None:
+    assert entry_crc(7, 3, 0, b"payload") == 0x659E3FC5
+    assert snapshot_crc(7, 3, b"payload") == 0xDE966EB9
+    assert hard_state_crc(3, "n1", 7) == 0x9B230F02
+    assert hard_state_crc(0, None, 0) == 0xC9EFF1BD
 
 
 def test_entry_crc_covers_every_field() -> None:
