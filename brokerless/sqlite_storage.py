@@ -195,9 +195,13 @@ class SqliteStorage:
         conn = self._open_conn()
         if self.durability is not Durability.BATCH:
             return  # ALWAYS has nothing pending; OFF never fsyncs
-        with _sqlite_errors(self.path):
-            # With synchronous=NORMAL a checkpoint fsyncs the WAL, then the database file.
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        try:
+            with _sqlite_errors(self.path):
+                # With synchronous=NORMAL a checkpoint fsyncs the WAL, then the database file.
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except StorageError:
+            self._broken = True  # a failed fsync leaves durability unknown
+            raise
         self._unsynced_saves, self._last_sync = 0, self._clock()
 
     @property
@@ -234,16 +238,7 @@ class SqliteStorage:
         return None if found is None else found[0]
 
     def _write(self, plan: WritePlan) -> None:
-        rows = [
-            (
-                e.index,
-                e.term,
-                e.kind.value,
-                e.data,
-                entry_crc(e.index, e.term, e.kind.value, e.data),
-            )
-            for e in plan.entries
-        ]
+        rows = [_entry_row(entry) for entry in plan.entries]
         with self._transaction() as conn:
             if plan.truncate_from is not None:
                 conn.execute(_DELETE_FROM, (plan.truncate_from,))
@@ -403,6 +398,11 @@ def _sqlite_errors(file: Path) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------
 # Reading and verifying rows
+
+
+def _entry_row(entry: Entry) -> tuple[Any, ...]:
+    index, term, kind, data = entry.index, entry.term, entry.kind.value, entry.data
+    return index, term, kind, data, entry_crc(index, term, kind, data)
 
 
 def _snapshot_row(snapshot: Snapshot) -> tuple[Any, ...]:

@@ -17,7 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from brokerless.types import Entry, EntryKind, HardState, NodeId, Snapshot, SnapshotMeta
+from brokerless.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 
 MAX_INT64 = 2**63 - 1  # sqlite's INTEGER range; every backend enforces it so they all agree
 
@@ -419,7 +419,6 @@ __all__ = [
     "IdentityMismatchError",
     "LogSummary",
     "MemoryStorage",
-    "NodeId",
     "PersistedState",
     "Storage",
     "StorageError",
