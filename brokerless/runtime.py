@@ -1,0 +1,243 @@
+"""The node loop: socket events and ticks into the core, each Ready executed in order.
+
+One thread, one zmq.Poller (measured simpler and faster than zmq.asyncio for this loop:
+no task switches on the hot path). Every loop iteration drains everything the sockets
+have waiting before it asks the core for a Ready, so one append and one fsync carry every
+request that arrived meanwhile (group commit).
+
+For each Ready, in this order: persist (snapshot, entries, hard state), send (heartbeats
+are published on PUB), apply committed entries, release confirmed reads, advance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from brokerless.core import Config, Core, NotLeader, Ready, SoftState
+from brokerless.messages import Heartbeat, Message
+from brokerless.storage import Storage
+from brokerless.transport import FromPeer, FromRouter, FromSub, Transport
+from brokerless.types import Entry, EntryKind, Role
+from brokerless.wire import WireError, decode_message, encode_message
+
+log = logging.getLogger("brokerless.runtime")
+
+PEER_KIND = b"P"  # a consensus message on ROUTER/DEALER
+HEARTBEAT_TOPIC = b"hb"  # heartbeats on PUB/SUB
+
+
+class StateMachine(Protocol):
+    """What an application hands brokerless to replicate."""
+
+    def apply(self, entry: Entry) -> Any: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+class Application(StateMachine, Protocol):
+    """The state machine plus the hooks the runtime calls from its loop."""
+
+    def on_message(self, msg: FromRouter | FromPeer | FromSub) -> None: ...
+
+    def on_tick(self) -> None: ...
+
+    def on_role_change(self, soft: SoftState) -> None: ...
+
+
+class ProposalLost(Exception):
+    """Leadership was lost before the entry committed; it may or may not commit later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    tick_ms: int = 10
+    heartbeat_ticks: int = 3  # a heartbeat every 30 ms
+    election_ticks: int = 15  # elections after 150..300 ms without a leader heartbeat
+
+
+Callback = Callable[[Any, BaseException | None], None]
+
+
+class Runtime:
+    def __init__(self, config: Config, core: Core, storage: Storage, transport: Transport,
+                 timing: Timing, snapshot_every: int = 100_000):
+        self.config = config
+        self.core = core
+        self.storage = storage
+        self.transport = transport
+        self.timing = timing
+        self.snapshot_every = snapshot_every
+        self.app: Application | None = None
+        self._proposals: dict[int, tuple[int, Callback]] = {}  # index -> (term, callback)
+        self._reads: dict[int, Callback] = {}  # read ctx -> callback
+        self._confirmed_reads: list[tuple[int, int]] = []  # (index, ctx) waiting for apply
+        self._next_ctx = 0
+        self._soft = SoftState(Role.FOLLOWER, None, core.term)
+        self.last_leader_contact = time.monotonic()
+        self.running = False
+        transport.subscribe(HEARTBEAT_TOPIC)
+
+    # --- the application's API ---------------------------------------------------------
+
+    def propose(self, data: bytes, callback: Callback) -> int:
+        """Replicate `data`; `callback(result, None)` runs once it is applied here.
+
+        Raises NotLeader at once at a non-leader (its `leader` is a hint)."""
+        index = self.core.propose(data)
+        self._proposals[index] = (self.core.term, callback)
+        return index
+
+    def read(self, callback: Callback) -> None:
+        """Run `callback` once a linearizable read may be served from local state."""
+        self._next_ctx += 1
+        self.core.read_index(self._next_ctx)
+        self._reads[self._next_ctx] = callback
+
+    @property
+    def role(self) -> Role:
+        return self.core.role
+
+    @property
+    def leader(self) -> str | None:
+        return self.core.leader
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.running = True
+        tick_s = self.timing.tick_ms / 1000
+        next_tick = time.monotonic() + tick_s
+        while self.running and not should_stop():
+            wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
+            for event in self.transport.poll(wait_ms):
+                self._dispatch(event)
+            now = time.monotonic()
+            if now >= next_tick:
+                # Messages are handled before ticks, so a busy loop never mistakes its own
+                # slowness for a silent leader.
+                self._tick()
+                next_tick = max(next_tick + tick_s, now)
+            self.process_ready()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _tick(self) -> None:
+        self.core.tick()
+        if self.app is not None:
+            self.app.on_tick()
+
+    def _dispatch(self, event: FromRouter | FromPeer | FromSub) -> None:
+        if isinstance(event, FromRouter) and event.kind == PEER_KIND:
+            self._step_peer(event.payload, self.transport.peer_of(event.identity))
+        elif isinstance(event, FromSub) and event.topic == HEARTBEAT_TOPIC:
+            self._step_peer(event.payload, event.peer)
+        elif self.app is not None:
+            self.app.on_message(event)
+
+    def _step_peer(self, payload: bytes, sender: str | None) -> None:
+        try:
+            msg = decode_message(payload)
+        except WireError as exc:
+            log.warning("dropped a malformed peer message from %s: %s", sender, exc)
+            return
+        if sender is None or msg.src != sender:
+            # The routing id (or the SUB socket) says who sent it; a message claiming to be
+            # from someone else is dropped.
+            log.warning("dropped a message from %s claiming to be from %s", sender, msg.src)
+            return
+        if isinstance(msg, Heartbeat) and msg.term >= self.core.term:
+            self.last_leader_contact = time.monotonic()
+        self.core.step(msg)
+
+    # --- executing a Ready -----------------------------------------------------------------
+
+    def process_ready(self) -> None:
+        rd = self.core.ready()
+        if rd.is_empty() and rd.soft_state == self._soft:
+            return
+        if rd.hard_state or rd.entries or rd.snapshot:
+            self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+        for msg in rd.messages:
+            self._send(msg)
+        self._apply(rd)
+        self.core.advance(rd)
+        self._after_apply(rd)
+        if rd.soft_state != self._soft:
+            self._role_changed(rd.soft_state)
+        self._maybe_snapshot()
+
+    def _send(self, msg: Message) -> None:
+        data = encode_message(msg)
+        if isinstance(msg, Heartbeat):
+            self.transport.publish(HEARTBEAT_TOPIC, data)
+        else:
+            self.transport.send(msg.dst, PEER_KIND, data)
+
+    def _apply(self, rd: Ready) -> None:
+        app = self.app
+        if rd.snapshot is not None and app is not None:
+            app.restore(rd.snapshot.data)
+            log.info("installed snapshot at index %d", rd.snapshot.meta.index)
+        for entry in rd.committed:
+            result = None
+            if entry.kind == EntryKind.COMMAND and app is not None:
+                result = app.apply(entry)
+            elif app is not None:
+                app.apply(entry)  # a no-op still marks a new term to the application
+            waiter = self._proposals.pop(entry.index, None)
+            if waiter is None:
+                continue
+            term, callback = waiter
+            if term == entry.term:
+                callback(result, None)
+            else:
+                callback(None, ProposalLost(f"entry {entry.index} was replaced by a new leader"))
+
+    def _after_apply(self, rd: Ready) -> None:
+        for rs in rd.read_states:
+            self._confirmed_reads.append((rs.index, rs.ctx))
+        for ctx in rd.dropped_reads:
+            callback = self._reads.pop(ctx, None)
+            if callback is not None:
+                callback(None, NotLeader(self.core.leader))
+        if self._confirmed_reads:
+            waiting = []
+            for index, ctx in self._confirmed_reads:
+                if index <= self.core.applied:
+                    callback = self._reads.pop(ctx, None)
+                    if callback is not None:
+                        callback(None, None)
+                else:
+                    waiting.append((index, ctx))
+            self._confirmed_reads = waiting
+
+    def _role_changed(self, soft: SoftState) -> None:
+        old, self._soft = self._soft, soft
+        if old.role == Role.LEADER and soft.role != Role.LEADER:
+            # Our uncommitted proposals may still commit under the next leader, or vanish:
+            # tell their clients the outcome is unknown; they retry with the same request
+            # id and the state machine answers a retry of an applied request from its cache.
+            for _, callback in self._proposals.values():
+                callback(None, ProposalLost("leadership lost before the entry committed"))
+            self._proposals.clear()
+        if soft.leader != old.leader or soft.term != old.term:
+            log.info("term %d: %s, leader %s", soft.term, soft.role.value, soft.leader or "unknown")
+        if self.app is not None:
+            self.app.on_role_change(soft)
+
+    def _maybe_snapshot(self) -> None:
+        core = self.core
+        if self.app is None or core.applied - core.log.offset < self.snapshot_every:
+            return
+        started = time.monotonic()
+        snap = core.compact(core.applied, self.app.snapshot())
+        self.storage.compact(snap)
+        log.info("snapshot at index %d (%d bytes) in %.0f ms", snap.meta.index,
+                 len(snap.data), (time.monotonic() - started) * 1000)

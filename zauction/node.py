@@ -1,0 +1,202 @@
+"""An auction node: the auction state machine replicated by brokerless, a client service,
+the live feed, and the leader's time-driven duties (opening the default auction, closing
+auctions at their deadline by committing a close entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from brokerless.core import Config, Core, SoftState
+from brokerless.runtime import Runtime, Timing
+from brokerless.sqlite_storage import SqliteStorage
+from brokerless.storage import Durability
+from brokerless.transport import FromPeer, FromRouter, FromSub, Transport
+from brokerless.types import Entry, EntryKind, Role
+from brokerless.wire import pack
+from zauction.commands import CloseAuction, EnsureDefault, Request, encode_request
+from zauction.domain import AuctionState, Reply, UnknownAuction
+from zauction.protocol import CLUSTER_TOPIC, FEED_PREFIX
+from zauction.service import Service, now_ms
+
+log = logging.getLogger("zauction.node")
+
+DUTY_INTERVAL_S = 0.05  # how often the leader looks for auctions to open or close
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    addr: str
+    peers: tuple[str, ...]
+    data_dir: Path
+    auction_duration_ms: int = 100_000
+    timing: Timing = Timing()
+    durability: Durability = Durability.ALWAYS
+    snapshot_every: int = 100_000
+    cluster_id: str = ""
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return tuple(sorted({self.addr, *self.peers}))
+
+    def resolved_cluster_id(self) -> str:
+        if self.cluster_id:
+            return self.cluster_id
+        digest = hashlib.sha256(",".join(self.members).encode()).hexdigest()[:12]
+        return f"zauction-{digest}"
+
+
+class AuctionNode:
+    def __init__(self, opts: NodeOptions):
+        self.opts = opts
+        self.cluster_id = opts.resolved_cluster_id()
+        self.storage = SqliteStorage.open(opts.data_dir, opts.addr, self.cluster_id,
+                                          opts.durability)
+        persisted = self.storage.load()
+        t = opts.timing
+        config = Config(opts.addr, opts.members, election_ticks=t.election_ticks,
+                        heartbeat_ticks=t.heartbeat_ticks)
+        core = Core(config, random.Random(), persisted.hard_state, persisted.snapshot,
+                     persisted.entries)
+        self.state = AuctionState()
+        if persisted.snapshot is not None:
+            self.state.restore(persisted.snapshot.data)
+        peers = {p: p for p in opts.peers}
+        self.transport = Transport(opts.addr, peers, cluster_id=self.cluster_id)
+        self.runtime = Runtime(config, core, self.storage, self.transport, t, opts.snapshot_every)
+        self.runtime.app = self
+        self.service = Service(self.runtime, self.state, self.status)
+        self._closing: set[str] = set()
+        self._default_proposed_term = -1
+        self._next_duty = 0.0
+        self.started = time.monotonic()
+        log.info("node %s starting: cluster %s, peers %s, data %s, term %d, log %d..%d",
+                 opts.addr, self.cluster_id, ",".join(opts.peers), opts.data_dir, core.term,
+                 core.log.first_index, core.log.last_index)
+
+    # --- the state machine (called by the runtime) -----------------------------------------
+
+    def apply(self, entry: Entry) -> Reply | None:
+        if entry.kind == EntryKind.NOOP:
+            # A new leader's first entry: every replica publishes the change at the same index.
+            self._publish(CLUSTER_TOPIC, {"type": "leader_changed", "index": entry.index,
+                                          "term": entry.term, "auction": None})
+            return None
+        reply = self.state.apply(entry.index, entry.term, entry.data)
+        for event in self.state.drain_events():
+            self._publish_event(event.to_dict())
+        return reply
+
+    def snapshot(self) -> bytes:
+        return self.state.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.state.restore(data)
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    def on_message(self, event: FromRouter | FromPeer | FromSub) -> None:
+        if isinstance(event, FromRouter):
+            self.service.on_router(event)
+        elif isinstance(event, FromPeer):
+            self.service.on_peer(event)
+
+    def on_tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next_duty:
+            return
+        self._next_duty = now + DUTY_INTERVAL_S
+        self.service.expire_forwards()
+        if self.runtime.role == Role.LEADER:
+            self._leader_duties()
+
+    def on_role_change(self, soft: SoftState) -> None:
+        self._closing.clear()
+        if soft.role == Role.LEADER:
+            log.info("elected leader for term %d", soft.term)
+
+    # --- the live feed -------------------------------------------------------------------------
+
+    def _publish_event(self, event: dict) -> None:
+        auction = event["auction"]
+        summary = self.state.result(auction)
+        kind = event["type"]
+        event["seq"] = {"auction_opened": 0, "bid_accepted": summary["bids"]}.get(
+            kind, summary["bids"] + 1)
+        if kind == "bid_accepted":
+            log.debug("bid accepted: %s %s on %s", event["bidder"], event["amount"], auction)
+        elif kind == "auction_closed":
+            log.info("auction %s closed: winner %s at %s", auction, event.get("winner"),
+                     event.get("amount"))
+        self._publish(FEED_PREFIX + auction.encode(), event)
+
+    def _publish(self, topic: bytes, event: dict) -> None:
+        self.transport.publish(topic, pack(event))
+
+    # --- leader duties: time enters the log only through entries the leader commits -----------
+
+    def _leader_duties(self) -> None:
+        term = self.runtime.core.term
+        if self._default_proposed_term != term and not self._has_default():
+            self._default_proposed_term = term
+            self._propose_internal(EnsureDefault(duration_ms=self.opts.auction_duration_ms))
+        for auction in self.state.due_to_close(now_ms()):
+            if auction not in self._closing:
+                self._closing.add(auction)
+                self._propose_internal(CloseAuction(auction))
+
+    def _has_default(self) -> bool:
+        try:
+            self.state.result("default")
+            return True
+        except UnknownAuction:
+            return False
+
+    def _propose_internal(self, cmd) -> None:
+        data = encode_request(Request("", 0, now_ms(), cmd))
+
+        def done(_, error) -> None:
+            if error is not None and isinstance(cmd, CloseAuction):
+                self._closing.discard(cmd.auction)
+
+        self.runtime.propose(data, done)
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        core = self.runtime.core
+        age = 0.0 if core.role == Role.LEADER else time.monotonic() - self.runtime.last_leader_contact
+        return {
+            "addr": self.opts.addr, "cluster": self.cluster_id, "role": core.role.value,
+            "term": core.term, "leader": core.leader, "commit_index": core.commit,
+            "applied_index": core.applied, "last_index": core.log.last_index,
+            "snapshot_index": core.log.offset, "heartbeat_age_ms": round(age * 1000, 1),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "pub": self.transport.pub_endpoint, "members": list(self.opts.members),
+        }
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        stop = {"now": False}
+
+        def on_signal(signum, _frame) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            self.runtime.run(lambda: stop["now"])
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.transport.close()
+        self.storage.close()
+        log.info("node %s stopped", self.opts.addr)

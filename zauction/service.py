@@ -1,0 +1,261 @@
+"""Client requests at a node: writes go to the leader's log, reads wait for a read index,
+and a node that is not the leader forwards either to the leader and relays the answer.
+
+Everything here runs in the node's single loop thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from itertools import count
+from typing import Any
+
+from brokerless.core import NotLeader
+from brokerless.runtime import ProposalLost, Runtime
+from brokerless.transport import FromPeer, FromRouter
+from brokerless.types import Role
+from brokerless.wire import WireError, pack, unpack
+from zauction.commands import (
+    Bid,
+    CloseAuction,
+    InvalidCommand,
+    OpenAuction,
+    Request,
+    encode_request,
+)
+from zauction.domain import AuctionState, Reply, UnknownAuction, reply_to_dict
+from zauction.protocol import (
+    CLIENT_KIND,
+    FORWARD_KIND,
+    FORWARD_REPLY_KIND,
+    READ_OPS,
+    WRITE_OPS,
+    ClientRequest,
+    ErrorCode,
+    ProtocolError,
+    decode_request,
+    error_reply,
+    ok_reply,
+    rid_of,
+)
+
+log = logging.getLogger("zauction.service")
+
+Respond = Callable[[bytes], None]
+FORWARD_TIMEOUT_S = 3.0
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Service:
+    def __init__(self, runtime: Runtime, state: AuctionState, status: Callable[[], dict]):
+        self.runtime = runtime
+        self.state = state
+        self.status = status
+        self._forwards: dict[int, tuple[Respond, float]] = {}  # fid -> (respond, deadline)
+        self._fids = count(1)
+        self.bad_requests = 0
+
+    # --- entry points from the loop ----------------------------------------------------
+
+    def on_router(self, event: FromRouter) -> None:
+        transport = self.runtime.transport
+        if event.kind == CLIENT_KIND:
+            ident = event.identity
+            self.handle(event.payload, lambda data: transport.reply(ident, CLIENT_KIND, data))
+        elif event.kind == FORWARD_KIND:
+            self._on_forwarded(event)
+        else:
+            self.bad_requests += 1
+
+    def on_peer(self, event: FromPeer) -> None:
+        if event.kind != FORWARD_REPLY_KIND:
+            return
+        try:
+            body = unpack(event.payload)
+            fid, reply = body["fid"], body["reply"]
+        except (WireError, KeyError, TypeError):
+            log.warning("malformed forwarded reply from %s", event.peer)
+            return
+        pending = self._forwards.pop(fid, None) if type(fid) is int else None
+        if pending is not None and type(reply) is bytes:
+            pending[0](reply)
+
+    def expire_forwards(self) -> None:
+        now = time.monotonic()
+        for fid, (respond, deadline) in list(self._forwards.items()):
+            if deadline <= now:
+                del self._forwards[fid]
+                respond(error_reply(0, ErrorCode.TIMEOUT, "the leader did not answer in time"))
+
+    # --- one request -----------------------------------------------------------------------
+
+    def handle(self, payload: bytes, respond: Respond, forwarded: bool = False) -> None:
+        try:
+            req = decode_request(payload)
+        except ProtocolError as exc:
+            self.bad_requests += 1
+            respond(error_reply(rid_of(payload), ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        if req.op == "status":
+            respond(ok_reply(req.rid, self.status()))
+        elif req.op in WRITE_OPS:
+            self._route(req, payload, respond, forwarded, self._write)
+        elif req.op in READ_OPS:
+            if req.body.get("stale") is True:
+                self._answer_read(req, respond)
+            else:
+                self._route(req, payload, respond, forwarded, self._read)
+        else:
+            self.bad_requests += 1
+            respond(error_reply(req.rid, ErrorCode.UNKNOWN_OP, f"unknown op {req.op!r}"))
+
+    def _route(self, req: ClientRequest, payload: bytes, respond: Respond, forwarded: bool,
+               serve: Callable[[ClientRequest, Respond], None]) -> None:
+        if self.runtime.role == Role.LEADER:
+            serve(req, respond)
+            return
+        leader = self.runtime.leader
+        if leader is None or forwarded:
+            # A forwarded request is never forwarded again: no loops between stale views.
+            code = ErrorCode.NOT_LEADER if leader else ErrorCode.UNAVAILABLE
+            respond(error_reply(req.rid, code, "no leader known here", leader=leader))
+            return
+        self._forward(leader, payload, respond)
+
+    # --- forwarding ------------------------------------------------------------------------
+
+    def _forward(self, leader: str, payload: bytes, respond: Respond) -> None:
+        fid = next(self._fids)
+        self._forwards[fid] = (respond, time.monotonic() + FORWARD_TIMEOUT_S)
+        sent = self.runtime.transport.send(leader, FORWARD_KIND, pack({"fid": fid, "req": payload}))
+        if not sent:
+            del self._forwards[fid]
+            respond(error_reply(rid_of(payload), ErrorCode.UNAVAILABLE, "leader unreachable"))
+
+    def _on_forwarded(self, event: FromRouter) -> None:
+        try:
+            body = unpack(event.payload)
+            fid, inner = body["fid"], body["req"]
+            if type(fid) is not int or type(inner) is not bytes:
+                raise TypeError
+        except (WireError, KeyError, TypeError):
+            self.bad_requests += 1
+            return
+        transport, ident = self.runtime.transport, event.identity
+
+        def respond(data: bytes) -> None:
+            transport.reply(ident, FORWARD_REPLY_KIND, pack({"fid": fid, "reply": data}))
+
+        self.handle(inner, respond, forwarded=True)
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def _write(self, req: ClientRequest, respond: Respond) -> None:
+        try:
+            request = Request(*self._envelope(req.body), self._command(req))
+        except InvalidCommand as exc:
+            respond(error_reply(req.rid, ErrorCode.BAD_REQUEST, str(exc), reason=exc.reason))
+            return
+        except (KeyError, TypeError) as exc:
+            respond(error_reply(req.rid, ErrorCode.BAD_REQUEST, f"missing or bad field: {exc}"))
+            return
+
+        def done(result: Any, error: BaseException | None) -> None:
+            respond(self._write_reply(req.rid, result, error))
+
+        try:
+            self.runtime.propose(encode_request(request), done)
+        except NotLeader as exc:
+            respond(error_reply(req.rid, ErrorCode.NOT_LEADER, str(exc), leader=exc.leader))
+
+    @staticmethod
+    def _envelope(body: dict) -> tuple[str, int, int]:
+        client, seq = body["client"], body["seq"]
+        if type(client) is not str or not client:
+            raise InvalidCommand("client", "a non-empty client id is required for writes")
+        return client, seq, now_ms()
+
+    @staticmethod
+    def _command(req: ClientRequest) -> Bid | OpenAuction | CloseAuction:
+        b = req.body
+        if req.op == "bid":
+            return Bid(b.get("auction", "default"), b["bidder"], b["amount"])
+        if req.op == "close":
+            return CloseAuction(b["auction"])
+        opens = b.get("opens_at_ms") or now_ms()
+        closes = b.get("closes_at_ms") or opens + b["duration_ms"]
+        return OpenAuction(b["auction"], b.get("item", b["auction"]), b.get("reserve", 1),
+                           b.get("increment", 1), opens, closes)
+
+    @staticmethod
+    def _write_reply(rid: int, result: Any, error: BaseException | None) -> bytes:
+        if isinstance(error, ProposalLost):
+            return error_reply(rid, ErrorCode.OUTCOME_UNKNOWN, str(error))
+        if error is not None:
+            return error_reply(rid, ErrorCode.UNAVAILABLE, str(error))
+        assert isinstance(result, Reply)
+        data = reply_to_dict(result)
+        if result.ok:
+            return ok_reply(rid, data)
+        code = ErrorCode.UNKNOWN_AUCTION if result.reason == "unknown_auction" else ErrorCode.REJECTED
+        return error_reply(rid, code, result.detail or result.reason or "rejected",
+                           reason=result.reason, result=data)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def _read(self, req: ClientRequest, respond: Respond) -> None:
+        def done(_: Any, error: BaseException | None) -> None:
+            if error is not None:
+                leader = getattr(error, "leader", None)
+                respond(error_reply(req.rid, ErrorCode.NOT_LEADER, str(error), leader=leader))
+            else:
+                self._answer_read(req, respond)
+
+        try:
+            self.runtime.read(done)
+        except NotLeader as exc:
+            respond(error_reply(req.rid, ErrorCode.NOT_LEADER, str(exc), leader=exc.leader))
+
+    def _answer_read(self, req: ClientRequest, respond: Respond) -> None:
+        auction = req.body.get("auction", "default")
+        try:
+            if type(auction) is not str:
+                raise ProtocolError("'auction' must be a string")
+            respond(ok_reply(req.rid, self._query(req.op, auction, req.body)))
+        except UnknownAuction as exc:
+            respond(error_reply(req.rid, ErrorCode.UNKNOWN_AUCTION, str(exc)))
+        except ProtocolError as exc:
+            respond(error_reply(req.rid, ErrorCode.BAD_REQUEST, str(exc)))
+
+    def _query(self, op: str, auction: str, body: dict) -> Any:
+        state = self.state
+        if op == "result":
+            return state.result(auction)
+        if op == "history":
+            return state.history(auction)
+        if op == "auctions":
+            return state.auctions()
+        after = body.get("after_seq", 0)
+        if type(after) is not int:
+            raise ProtocolError("'after_seq' must be an integer")
+        return events_after(state, auction, after)
+
+
+def events_after(state: AuctionState, auction: str, after_seq: int) -> list[dict]:
+    """The auction's feed events with seq > after_seq, rebuilt from state (survives snapshots)."""
+    summary = state.result(auction)
+    events = []
+    for seq, bid in enumerate(state.history(auction), start=1):
+        if seq > after_seq:
+            events.append({"type": "bid_accepted", "auction": auction, "seq": seq,
+                           "index": bid["index"], "bidder": bid["bidder"], "amount": bid["amount"]})
+    if summary["state"] == "closed" and summary["bids"] + 1 > after_seq:
+        winner = summary.get("winner") or {}
+        events.append({"type": "auction_closed", "auction": auction, "seq": summary["bids"] + 1,
+                       "winner": winner.get("bidder"), "amount": winner.get("amount")})
+    return events
