@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from zauction.commands import (
     MAX_AMOUNT,
+    MAX_DURATION_MS,
+    MAX_TIMESTAMP_MS,
     REASONS,
     Bid,
     CloseAuction,
@@ -87,13 +89,15 @@ def driver() -> Driver:
 names = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Zs", "Cf", "Co",
                                                     "Cn")), min_size=1, max_size=64)
 amounts = st.integers(1, MAX_AMOUNT)
-times = st.integers(0, 10**12)
+# Biased towards both ends of the clock, where deadline arithmetic could overflow.
+times = st.integers(0, 10**6) | st.integers(MAX_TIMESTAMP_MS - 10**6, MAX_TIMESTAMP_MS)
 commands = st.one_of(
     st.builds(Bid, names, names, amounts),
     st.builds(CloseAuction, names),
-    st.builds(EnsureDefault, names, st.integers(1, 10**9), names, amounts, amounts),
-    times.flatmap(lambda t: st.builds(OpenAuction, names, names, amounts, amounts, st.just(t),
-                                      st.integers(t + 1, t + 10**9))),
+    st.builds(EnsureDefault, names, st.integers(1, MAX_DURATION_MS), names, amounts, amounts),
+    st.integers(0, MAX_TIMESTAMP_MS - 1).flatmap(
+        lambda t: st.builds(OpenAuction, names, names, amounts, amounts, st.just(t),
+                            st.integers(t + 1, MAX_TIMESTAMP_MS))),
 )
 
 
@@ -103,6 +107,17 @@ def test_codec_round_trips_every_valid_command(cmd: Any, client: str, seq: int,
     assert decode_command(encode_command(cmd)) == cmd
     request = Request(client, seq, ts, cmd)
     assert decode_request(encode_request(request)) == request
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(commands, st.sampled_from(["", "c1", "c2"]), st.integers(0, 3),
+                          times), max_size=30))
+def test_any_valid_request_stream_applies_without_raising(
+        stream: list[tuple[Any, str, int, int]]) -> None:
+    d = Driver()
+    for cmd, client, seq, ts in stream:
+        reply = d.send(cmd, client, seq, ts)
+        assert reply.ok or reply.reason in REASONS
 
 
 @pytest.mark.parametrize("amount", [-5, 0, 1e30, 10**30, "abc", True, False, None, 1.0,
@@ -396,6 +411,14 @@ def test_ensure_default_does_not_reopen_a_closed_default() -> None:
     assert d.send(EnsureDefault(duration_ms=1_000), ts=5_000).ok
     assert d.state.result("default")["state"] == "closed"
     assert d.state.due_to_close(10**9) == []
+
+
+def test_ensure_default_whose_deadline_would_overflow_is_refused_not_raised() -> None:
+    d = Driver()
+    reply = d.send(EnsureDefault(duration_ms=10**12), ts=MAX_TIMESTAMP_MS)
+    assert (reply.ok, reply.reason) == (False, Reason.INVALID)
+    assert "closes_at_ms" in (reply.detail or "")
+    assert d.state.auctions() == []
 
 
 # --- exactly-once sessions ----------------------------------------------------------------

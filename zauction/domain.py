@@ -309,7 +309,13 @@ class AuctionState:
     # --- applying the log ---
 
     def apply(self, index: int, term: int, payload: bytes) -> Reply:
-        """Apply the committed entry at `index`. Never raises on bad payloads."""
+        """Apply the committed entry at `index` and return its reply.
+
+        Never raises on bad payloads (they get an "invalid" reply and change nothing but
+        applied_index). A client request whose seq equals the client's last one is a retry
+        and gets the stored reply again; an older seq gets "stale_request".
+        Raises ApplyOrderError if `index` does not increase: that is the caller's bug.
+        """
         if type(index) is not int or index <= self._applied_index:
             raise ApplyOrderError(f"index {index!r} is not after {self._applied_index}")
         self._applied_index = index
@@ -381,8 +387,11 @@ class AuctionState:
     def _ensure_default(self, index: int, term: int, ts_ms: int, cmd: EnsureDefault) -> Reply:
         if cmd.auction in self._auctions:
             return Reply(ok=True, auction=cmd.auction, detail="already exists")
-        spec = OpenAuction(cmd.auction, cmd.item, cmd.reserve, cmd.increment,
-                           ts_ms, ts_ms + cmd.duration_ms)
+        try:  # the deadline is computed here, so it is validated here
+            spec = OpenAuction(cmd.auction, cmd.item, cmd.reserve, cmd.increment,
+                               ts_ms, ts_ms + cmd.duration_ms)
+        except InvalidCommand as exc:
+            return Reply(ok=False, reason=exc.reason, auction=cmd.auction, detail=str(exc))
         return self._open_auction(index, term, ts_ms, spec)
 
     # --- events ---
