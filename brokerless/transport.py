@@ -322,7 +322,7 @@ class Transport:
         while the peer is unreachable, up to `hwm` messages wait and flush on reconnection."""
         self._check_open()
         link = self._link(dst)
-        self._check_frame("kind", kind, payload)
+        self._check_frame(kind, payload)
         return self._send_nowait(link.dealer, [kind, payload])
 
     def reply(self, identity: bytes, kind: bytes, payload: bytes) -> bool:
@@ -331,7 +331,7 @@ class Transport:
         self._check_open()
         if not isinstance(identity, bytes) or not identity:
             raise InvalidFrame("identity must be non-empty bytes")
-        self._check_frame("kind", kind, payload)
+        self._check_frame(kind, payload)
         return self._send_nowait(self._router, [identity, kind, payload])
 
     def publish(self, topic: bytes, payload: bytes) -> None:
@@ -355,9 +355,9 @@ class Transport:
         self.stats.sends_dropped += 1
         return False
 
-    def _check_frame(self, name: str, kind: bytes, payload: bytes) -> None:
+    def _check_frame(self, kind: bytes, payload: bytes) -> None:
         if not isinstance(kind, bytes) or not _valid_kind(kind):
-            raise InvalidFrame(f"{name} must be 1..{MAX_KIND_BYTES} bytes, got {kind!r}")
+            raise InvalidFrame(f"kind must be 1..{MAX_KIND_BYTES} bytes, got {kind!r}")
         if kind in (HELLO, HELLO_ACK):
             raise InvalidFrame(f"{kind!r} is reserved for the transport")
         self._check_payload(payload)
