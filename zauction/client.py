@@ -1,0 +1,260 @@
+"""AuctionClient: talks to any node of a cluster, finds the leader, retries safely.
+
+Writes carry (client id, seq); a retry after a timeout reuses the seq, so the cluster
+applies a bid at most once whichever node the retry reaches (the state machine answers a
+repeated seq from its session cache). Lazy Pirate: a server that does not answer in time
+gets its socket closed and reopened, and the next server is tried.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from brokerless.wire import WireError, pack, unpack
+from zauction.protocol import (
+    CLIENT_KIND,
+    ErrorCode,
+    ProtocolError,
+    decode_reply,
+)
+
+DEFAULT_SERVERS = ("localhost:8001", "localhost:8002", "localhost:8003")
+RETRY_PAUSE_S = 0.05
+CONNECT_WAIT_S = 0.2  # how long a request waits for a TCP connection to a node  # between rounds when no node knows a leader (an election is running)
+
+
+class ClientError(Exception):
+    """Base of the errors AuctionClient raises."""
+
+
+class BidRejected(ClientError):
+    """The cluster judged the request and refused it; `reason` is a code such as below_increment."""
+
+    def __init__(self, reason: str, message: str, result: dict | None = None):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.result = result or {}
+
+
+class BadRequest(ClientError):
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or "invalid"
+
+
+class UnknownAuctionError(ClientError):
+    pass
+
+
+class ClusterUnavailable(ClientError):
+    """No node answered, or none knew a leader, before the deadline."""
+
+
+class RequestTimeout(ClusterUnavailable):
+    """Nodes answered but the request did not complete in time; its outcome is unknown."""
+
+
+def endpoint(server: str) -> str:
+    return server if server.startswith("tcp://") else f"tcp://{server}"
+
+
+class AuctionClient:
+    def __init__(self, servers: list[str] | tuple[str, ...] = DEFAULT_SERVERS, *,
+                 timeout: float = 5.0, attempt_timeout: float = 0.5,
+                 client_id: str | None = None, context: zmq.Context | None = None):
+        if not servers:
+            raise ValueError("at least one server address is needed")
+        self.servers = list(servers)
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.client_id = client_id or uuid.uuid4().hex
+        self._ctx = context or zmq.Context.instance()
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._rids = itertools.count(1)
+        self._seq = 0
+        self._preferred = self.servers[0]
+
+    # --- the API -------------------------------------------------------------------------
+
+    def bid(self, amount: int, bidder: str, auction: str = "default") -> dict:
+        return self._write("bid", auction=auction, bidder=bidder, amount=amount)
+
+    def open_auction(self, auction: str, *, duration_ms: int, item: str | None = None,
+                     reserve: int = 1, increment: int = 1) -> dict:
+        return self._write("open", auction=auction, duration_ms=duration_ms,
+                           item=item or auction, reserve=reserve, increment=increment)
+
+    def close_auction(self, auction: str) -> dict:
+        return self._write("close", auction=auction)
+
+    def result(self, auction: str = "default", stale: bool = False) -> dict:
+        return self.call("result", auction=auction, stale=stale)
+
+    def history(self, auction: str = "default", stale: bool = False) -> list[dict]:
+        return self.call("history", auction=auction, stale=stale)
+
+    def auctions(self, stale: bool = False) -> list[dict]:
+        return self.call("auctions", stale=stale)
+
+    def events_after(self, auction: str, after_seq: int) -> list[dict]:
+        return self.call("events", auction=auction, after_seq=after_seq)
+
+    def status(self) -> list[dict]:
+        """One entry per server: its status, or {"addr", "role": "unreachable"}."""
+        out = []
+        for server in self.servers:
+            try:
+                out.append(self._attempt(server, {"op": "status"}, self.attempt_timeout))
+            except _NoAnswer:
+                out.append({"addr": server, "role": "unreachable"})
+        return out
+
+    def watch(self, auction: str | None = None) -> Iterator[dict]:
+        from zauction.feed import FeedWatcher
+
+        with FeedWatcher(self, auction) as watcher:
+            yield from watcher
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+
+    def __enter__(self) -> AuctionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _write(self, op: str, **fields: Any) -> Any:
+        self._seq += 1
+        return self.call(op, client=self.client_id, seq=self._seq, **fields)
+
+    def call(self, op: str, **fields: Any) -> Any:
+        """Send one request until some node completes it or the deadline passes."""
+        deadline = time.monotonic() + self.timeout
+        body = {"op": op, **fields}
+        answered = False
+        while True:
+            for server in self._order():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise (RequestTimeout if answered else ClusterUnavailable)(
+                        f"{op} did not complete within {self.timeout:.1f}s "
+                        f"(servers: {', '.join(self.servers)})")
+                try:
+                    return self._attempt(server, body, min(left, self.attempt_timeout))
+                except _NoAnswer:
+                    continue
+                except _Retry as retry:
+                    answered = True
+                    if retry.leader in self.servers:
+                        self._preferred = retry.leader
+            self._pause(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
+
+    def _order(self) -> list[str]:
+        rest = [s for s in self.servers if s != self._preferred]
+        return [self._preferred, *rest]
+
+    def _attempt(self, server: str, body: dict, timeout: float) -> Any:
+        rid = next(self._rids)
+        sock = self._socket(server)
+        # With IMMEDIATE the socket is writable only while connected: a node that is down
+        # is skipped after a short wait for the connection instead of queueing the request.
+        if not sock.poll(int(min(timeout, CONNECT_WAIT_S) * 1000), zmq.POLLOUT):
+            self._drop_socket(server)
+            raise _NoAnswer
+        try:
+            sock.send_multipart([CLIENT_KIND, pack({**body, "rid": rid})], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise _NoAnswer from None
+        reply = self._await(sock, rid, timeout)
+        if reply is None:
+            self._drop_socket(server)  # Lazy Pirate: a late answer must not be read later
+            raise _NoAnswer
+        self._preferred = server
+        return _result_or_raise(reply)
+
+    def _await(self, sock: zmq.Socket, rid: int, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(left * 1000) + 1):
+                return None
+            frames = sock.recv_multipart()
+            if len(frames) != 2 or frames[0] != CLIENT_KIND:
+                continue
+            try:
+                reply = decode_reply(frames[1])
+            except ProtocolError:
+                continue
+            if reply.get("rid") in (rid, 0):
+                return reply
+        return None
+
+    def _socket(self, server: str) -> zmq.Socket:
+        sock = self._sockets.get(server)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # do not queue requests for a node that is down
+            sock.connect(endpoint(server))
+            self._sockets[server] = sock
+        return sock
+
+    def _drop_socket(self, server: str) -> None:
+        sock = self._sockets.pop(server, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    def _pause(self, seconds: float) -> None:
+        # A retry back-off between rounds, not a synchronization: nothing is awaited here.
+        time.sleep(seconds)
+
+    def pub_endpoint(self, server: str, timeout: float = 1.0) -> str | None:
+        """Ask a node where its PUB socket listens (the HELLO of docs/protocol.md)."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(endpoint(server))
+            sock.send_multipart([b"HELLO", pack({"id": "", "pub": "", "cluster": ""})])
+            if not sock.poll(int(timeout * 1000)):
+                return None
+            frames = sock.recv_multipart()
+            body = unpack(frames[1]) if len(frames) == 2 and frames[0] == b"HELLO_ACK" else None
+            pub = body.get("pub") if type(body) is dict else None
+            return pub if type(pub) is str else None
+        except WireError:
+            return None
+        finally:
+            sock.close(linger=0)
+
+
+class _NoAnswer(Exception):
+    pass
+
+
+class _Retry(Exception):
+    def __init__(self, leader: str | None):
+        self.leader = leader
+
+
+def _result_or_raise(reply: dict) -> Any:
+    if reply["ok"]:
+        return reply.get("result")
+    code, message = reply.get("error"), str(reply.get("message", ""))
+    if code in (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE, ErrorCode.OUTCOME_UNKNOWN,
+                ErrorCode.TIMEOUT):
+        raise _Retry(reply.get("leader") if type(reply.get("leader")) is str else None)
+    if code == ErrorCode.REJECTED:
+        raise BidRejected(str(reply.get("reason")), message, reply.get("result"))
+    if code == ErrorCode.UNKNOWN_AUCTION:
+        raise UnknownAuctionError(message)
+    raise BadRequest(message, reply.get("reason"))
