@@ -120,6 +120,7 @@ class AuctionNode:
         self._closing.clear()
         if soft.role == Role.LEADER:
             log.info("elected leader for term %d", soft.term)
+            self._leader_duties()  # open the default auction without waiting for a tick
 
     # --- the live feed -------------------------------------------------------------------------
 
