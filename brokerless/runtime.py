@@ -18,16 +18,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from brokerless.core import Config, Core, NotLeader, Ready, SoftState
-from brokerless.messages import Heartbeat, Message
+from brokerless.messages import Append, Heartbeat, Message
 from brokerless.storage import Storage
 from brokerless.transport import FromPeer, FromRouter, FromSub, Transport
-from brokerless.types import Entry, EntryKind, Role
+from brokerless.types import Entry, EntryKind, HardState, Role
 from brokerless.wire import WireError, decode_message, encode_message
 
 log = logging.getLogger("brokerless.runtime")
 
 PEER_KIND = b"P"  # a consensus message on ROUTER/DEALER
 HEARTBEAT_TOPIC = b"hb"  # heartbeats on PUB/SUB
+_LEADER_OUTBOUND = (Append, Heartbeat)
 
 
 class StateMachine(Protocol):
@@ -79,6 +80,8 @@ class Runtime:
         self._confirmed_reads: list[tuple[int, int]] = []  # (index, ctx) waiting for apply
         self._next_ctx = 0
         self._soft = SoftState(Role.FOLLOWER, None, core.term)
+        self._durable_term_vote = (core.term, core.vote)
+        self._deferred_hard_state: HardState | None = None
         self.last_leader_contact = time.monotonic()
         self.running = False
         transport.subscribe(HEARTBEAT_TOPIC)
@@ -162,16 +165,55 @@ class Runtime:
         rd = self.core.ready()
         if rd.is_empty() and rd.soft_state == self._soft:
             return
-        if rd.hard_state or rd.entries or rd.snapshot:
-            self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
-        for msg in rd.messages:
+        early = self._early_sendable(rd)
+        for msg in early:
             self._send(msg)
+        self._persist(rd)
+        for msg in rd.messages:
+            if not early or not isinstance(msg, _LEADER_OUTBOUND):
+                self._send(msg)
         self._apply(rd)
         self.core.advance(rd)
         self._after_apply(rd)
         if rd.soft_state != self._soft:
             self._role_changed(rd.soft_state)
         self._maybe_snapshot()
+
+    def _persist(self, rd: Ready) -> None:
+        hs = rd.hard_state
+        if hs is not None and not rd.entries and rd.snapshot is None and (
+                (hs.term, hs.vote) == self._durable_term_vote):
+            # Only the commit index moved. It need not be durable (a restarted node learns
+            # it again from the leader), so it rides along with the next write instead of
+            # costing an fsync of its own on every commit.
+            self._deferred_hard_state = hs
+            return
+        if hs is None and (rd.entries or rd.snapshot is not None):
+            hs = self._deferred_hard_state
+        if hs is None and not rd.entries and rd.snapshot is None:
+            return
+        self.storage.save(hs, rd.entries, rd.snapshot)
+        self._deferred_hard_state = None
+        if hs is not None:
+            self._durable_term_vote = (hs.term, hs.vote)
+
+    def flush(self) -> None:
+        """Write a deferred commit index (before compaction, and at shutdown)."""
+        if self._deferred_hard_state is not None:
+            self.storage.save(self._deferred_hard_state, [])
+            self._deferred_hard_state = None
+
+    def _early_sendable(self, rd: Ready) -> list[Message]:
+        """A leader's appends may leave before its own fsync (Raft thesis, 10.2.1): it counts
+        itself towards a commit only in a later Ready, after this one's save returned, so the
+        leader's disk write overlaps the followers' instead of preceding it. Only while its
+        term and vote are already durable: everything else still waits for the save."""
+        hs = rd.hard_state
+        if rd.soft_state.role != Role.LEADER or rd.snapshot is not None:
+            return []
+        if hs is not None and (hs.term, hs.vote) != self._durable_term_vote:
+            return []
+        return [m for m in rd.messages if isinstance(m, _LEADER_OUTBOUND)]
 
     def _send(self, msg: Message) -> None:
         data = encode_message(msg)
@@ -237,6 +279,7 @@ class Runtime:
         if self.app is None or core.applied - core.log.offset < self.snapshot_every:
             return
         started = time.monotonic()
+        self.flush()  # storage compacts only up to a durable commit index
         snap = core.compact(core.applied, self.app.snapshot())
         self.storage.compact(snap)
         log.info("snapshot at index %d (%d bytes) in %.0f ms", snap.meta.index,

@@ -198,6 +198,7 @@ class AuctionNode:
             self.close()
 
     def close(self) -> None:
+        self.runtime.flush()
         self.transport.close()
         self.storage.close()
         log.info("node %s stopped", self.opts.addr)
