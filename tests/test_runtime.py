@@ -1,0 +1,146 @@
+"""The runtime's ordering rules, with a recording transport and in-memory storage:
+persist before send (votes, follower acknowledgements), apply after commit, and the two
+exceptions that are safe: a leader's appends leave before its own save, and a commit-only
+hard state change waits for the next write."""
+
+from __future__ import annotations
+
+import random
+
+from brokerless.core import Config, Core
+from brokerless.messages import Append, AppendResponse, VoteRequest, VoteResponse
+from brokerless.runtime import Runtime, Timing
+from brokerless.storage import MemoryStorage
+from brokerless.types import Entry, EntryKind, HardState, Role
+from brokerless.wire import decode_message
+
+IDS = ("a", "b", "c")
+
+
+class RecordingTransport:
+    def __init__(self, journal: list):
+        self.journal = journal
+
+    def subscribe(self, topic: bytes) -> None:
+        pass
+
+    def send(self, dst: str, kind: bytes, payload: bytes) -> bool:
+        self.journal.append(("send", decode_message(payload)))
+        return True
+
+    def publish(self, topic: bytes, payload: bytes) -> None:
+        self.journal.append(("publish", decode_message(payload)))
+
+
+class RecordingStorage(MemoryStorage):
+    def __init__(self, journal: list):
+        super().__init__()
+        self.journal = journal
+
+    def save(self, hard_state, entries, snapshot=None) -> None:
+        self.journal.append(("save", hard_state, list(entries)))
+        super().save(hard_state, entries, snapshot)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.applied: list[Entry] = []
+
+    def apply(self, entry: Entry):
+        self.applied.append(entry)
+        return entry.index
+
+    def snapshot(self) -> bytes:
+        return b""
+
+    def restore(self, data: bytes) -> None:
+        pass
+
+    def on_message(self, msg) -> None:
+        pass
+
+    def on_tick(self) -> None:
+        pass
+
+    def on_role_change(self, soft) -> None:
+        pass
+
+
+def make(node: str = "a"):
+    journal: list = []
+    config = Config(node, IDS)
+    core = Core(config, random.Random(1))
+    rt = Runtime(config, core, RecordingStorage(journal), RecordingTransport(journal), Timing())
+    rt.app = Recorder()
+    return rt, journal
+
+
+def test_a_vote_is_saved_before_it_is_sent():
+    rt, journal = make("b")
+    rt.core.step(VoteRequest(1, "a", "b", 0, 0))
+    rt.process_ready()
+    save_at = next(i for i, j in enumerate(journal) if j[0] == "save")
+    vote_at = next(i for i, j in enumerate(journal) if j[0] == "send" and isinstance(j[1], VoteResponse))
+    assert journal[save_at][1] == HardState(term=1, vote="a", commit=0)
+    assert save_at < vote_at
+    assert journal[vote_at][1].granted
+
+
+def test_a_follower_saves_entries_before_acknowledging_them():
+    rt, journal = make("b")
+    entries = (Entry(1, 1, b"", EntryKind.NOOP), Entry(1, 2, b"x"))
+    rt.core.step(Append(1, "a", "b", 0, 0, entries, 0))
+    rt.process_ready()
+    save_at = next(i for i, j in enumerate(journal) if j[0] == "save" and j[2])
+    ack_at = next(i for i, j in enumerate(journal) if j[0] == "send" and isinstance(j[1], AppendResponse))
+    assert [e.index for e in journal[save_at][2]] == [1, 2]
+    assert save_at < ack_at and journal[ack_at][1].index == 2
+    assert rt.app.applied == []  # nothing is applied before it is committed
+
+
+def elect(rt: Runtime, journal: list) -> None:
+    rt.core.campaign()
+    rt.process_ready()
+    term = rt.core.term + 1  # a granted pre-vote carries the term asked about
+    for peer in ("b", "c"):
+        rt.core.step(VoteResponse(term, peer, "a", True, pre=True))
+    rt.process_ready()
+    term = rt.core.term
+    for peer in ("b", "c"):
+        rt.core.step(VoteResponse(term, peer, "a", True))
+    rt.process_ready()
+    assert rt.core.role == Role.LEADER
+    for peer in ("b", "c"):  # answer the leader's first probe: replication is pipelined from now
+        rt.core.step(AppendResponse(rt.core.term, peer, "a", True, rt.core.log.last_index))
+    rt.process_ready()
+    journal.clear()
+
+
+def test_a_leader_sends_appends_before_its_own_save_and_applies_only_after_commit():
+    rt, journal = make("a")
+    elect(rt, journal)
+    results = []
+    index = rt.propose(b"bid", lambda result, error: results.append((result, error)))
+    rt.process_ready()
+    first_append = next(i for i, j in enumerate(journal) if j[0] == "send" and isinstance(j[1], Append))
+    save_at = next(i for i, j in enumerate(journal) if j[0] == "save" and j[2])
+    assert first_append < save_at  # the leader's disk write overlaps the followers'
+    assert results == [] and rt.app.applied[-1].index < index
+    rt.core.step(AppendResponse(rt.core.term, "b", "a", True, index))
+    rt.process_ready()
+    assert results == [(index, None)]
+    assert rt.app.applied[-1].data == b"bid"
+
+
+def test_a_commit_only_change_costs_no_save_of_its_own_but_is_kept():
+    rt, journal = make("a")
+    elect(rt, journal)
+    index = rt.propose(b"bid", lambda r, e: None)
+    rt.process_ready()
+    journal.clear()
+    rt.core.step(AppendResponse(rt.core.term, "b", "a", True, index))
+    rt.process_ready()
+    assert rt.core.commit == index
+    assert not [j for j in journal if j[0] == "save"]
+    rt.flush()
+    assert rt.storage.load().hard_state.commit == index
