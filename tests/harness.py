@@ -1,0 +1,331 @@
+"""A real cluster for tests: N node processes on free 127.0.0.1 ports, one log file each.
+
+Every wait is a condition polled until a deadline (`wait_until`); nothing sleeps to
+synchronize. `stop_all()` ends every process it started, by PID (SIGTERM, then SIGKILL after
+a deadline); the tests call it from a fixture finalizer so that no node outlives its test.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from zauction.client import AuctionClient, ClientError, UnknownAuctionError
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_SCRIPT = Path(__file__).resolve().with_name("node_proc.py")
+POLL_S = 0.02  # the interval at which conditions are polled
+LOG_TAIL_LINES = 40
+
+T = TypeVar("T")
+
+
+class HarnessError(AssertionError):
+    """The cluster did not reach a state the test waited for (logs are in the message)."""
+
+
+class BindFailed(HarnessError):
+    """A node could not bind its port: another process took it between pick and start."""
+
+
+def wait_until(condition: Callable[[], T], deadline_s: float, what: str,
+               explain: Callable[[], str] = lambda: "") -> T:
+    """Poll `condition` until it returns something truthy; raise HarnessError at the deadline."""
+    end = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise HarnessError(f"timed out after {deadline_s:.1f}s waiting for {what}\n{explain()}")
+        # Polling a condition with a deadline (the house rule), not a synchronizing sleep.
+        time.sleep(POLL_S)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports that were free a moment ago (all bound at once, then closed)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(slots=True)
+class Node:
+    addr: str
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def serving(self) -> bool:
+        return self.alive and not self.paused
+
+
+class Cluster:
+    def __init__(self, workdir: Path, size: int = 3, *, auction_duration_ms: int = 100_000,
+                 start_attempts: int = 3):
+        self.workdir = workdir
+        self.size = size
+        self.auction_duration_ms = auction_duration_ms
+        self.start_attempts = start_attempts
+        self.nodes: dict[str, Node] = {}
+        self._clients: list[AuctionClient] = []
+        self._attempt = 0
+
+    # --- starting ---------------------------------------------------------------------------
+
+    def start(self, ready_deadline_s: float = 10.0) -> Cluster:
+        """Start every node on fresh ports; retry on new ports if one could not bind."""
+        for attempt in range(1, self.start_attempts + 1):
+            self._attempt = attempt
+            ports = free_ports(self.size)
+            base = self.workdir / f"attempt{attempt}"
+            self.nodes = {}
+            for i, port in enumerate(ports):
+                addr = f"127.0.0.1:{port}"
+                self.nodes[addr] = Node(addr, base / f"node{i}", base / f"node{i}.log")
+            try:
+                for addr in self.nodes:
+                    self._spawn(self.nodes[addr])
+                for node in self.nodes.values():
+                    self._wait_serving(node, ready_deadline_s)
+                return self
+            except BindFailed:
+                self.stop_all()
+        raise HarnessError(f"no free ports after {self.start_attempts} attempts\n{self.logs()}")
+
+    def _spawn(self, node: Node) -> None:
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        peers = ",".join(a for a in self.nodes if a != node.addr)
+        cmd = [sys.executable, str(NODE_SCRIPT), "--addr", node.addr, "--peers", peers,
+               "--data-dir", str(node.data_dir),
+               "--auction-duration-ms", str(self.auction_duration_ms)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+        if node.log_file is None:
+            node.log_file = open(node.log_path, "ab")  # noqa: SIM115 (closed in stop_all)
+        node.log_file.write(f"---- harness: starting {node.addr}\n".encode())
+        node.log_file.flush()
+        node.proc = subprocess.Popen(cmd, stdout=node.log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=REPO, env=env)
+        node.paused = False
+
+    def _wait_serving(self, node: Node, deadline_s: float) -> None:
+        """Until the node answers a status request (its ROUTER is bound) or its process died."""
+        probe = self.client([node.addr], attempt_timeout=0.2)
+
+        def answered() -> bool:
+            if not node.alive:
+                return True
+            return probe.status()[0]["role"] != "unreachable"
+
+        try:
+            wait_until(answered, deadline_s, f"{node.addr} to answer", self.logs)
+        finally:
+            self._forget(probe)
+        if not node.alive:
+            text = node.log_path.read_text(errors="replace")
+            error = BindFailed if "cannot bind" in text else HarnessError
+            raise error(f"{node.addr} exited with {node.proc.returncode}\n{self.logs()}")
+
+    # --- observing ----------------------------------------------------------------------------
+
+    def client(self, servers: Iterable[str] | None = None, **options: Any) -> AuctionClient:
+        """A client of `servers` (default: every node), closed by stop_all()."""
+        options.setdefault("timeout", 10.0)
+        client = AuctionClient(list(servers or self.nodes), **options)
+        self._clients.append(client)
+        return client
+
+    def _forget(self, client: AuctionClient) -> None:
+        client.close()
+        self._clients.remove(client)
+
+    def statuses(self, addrs: Iterable[str] | None = None) -> dict[str, dict]:
+        """Each node's status (role "unreachable" when it does not answer in time)."""
+        addrs = list(addrs or self.serving())
+        probe = self.client(addrs, attempt_timeout=0.3)
+        try:
+            return {s["addr"]: s for s in probe.status()}
+        finally:
+            self._forget(probe)
+
+    def serving(self) -> list[str]:
+        """Nodes whose process runs and is not paused by SIGSTOP."""
+        return [addr for addr, node in self.nodes.items() if node.serving]
+
+    def others(self, addr: str) -> list[str]:
+        return [a for a in self.nodes if a != addr]
+
+    def agreed_leader(self, addrs: Iterable[str] | None = None) -> tuple[str, int] | None:
+        """(leader, term) if exactly one of `addrs` leads and all of them agree on both."""
+        statuses = self.statuses(addrs)
+        leaders = [a for a, s in statuses.items() if s["role"] == "leader"]
+        terms = {s.get("term") for s in statuses.values()}
+        if len(leaders) != 1 or len(terms) != 1:
+            return None
+        leader = leaders[0]
+        if any(s["leader"] != leader for s in statuses.values()):
+            return None
+        return leader, terms.pop()
+
+    def wait_for_leader(self, deadline_s: float = 10.0,
+                        addrs: Iterable[str] | None = None) -> str:
+        addrs = list(addrs or self.serving())
+        found = wait_until(lambda: self.agreed_leader(addrs), deadline_s,
+                           f"one leader agreed by {addrs}", self.explain)
+        return found[0]
+
+    def leader(self) -> str:
+        return self.wait_for_leader()
+
+    def wait_for_default_auction(self, deadline_s: float = 10.0) -> dict:
+        """The default auction's result, once the leader has opened it."""
+        probe = self.client(timeout=1.0)
+
+        def opened() -> dict | None:
+            try:
+                return probe.result()
+            except UnknownAuctionError:
+                return None
+            except ClientError:
+                return None
+
+        try:
+            return wait_until(opened, deadline_s, "the default auction", self.explain)
+        finally:
+            self._forget(probe)
+
+    def wait_applied_equal(self, addrs: Iterable[str], deadline_s: float = 10.0) -> int:
+        """Until every node in `addrs` has applied everything committed, at the same index."""
+        addrs = list(addrs)
+
+        def settled() -> int | None:
+            statuses = self.statuses(addrs).values()
+            applied = {(s.get("applied_index"), s.get("commit_index")) for s in statuses}
+            if len(applied) == 1:
+                index, commit = applied.pop()
+                return index if index is not None and index == commit else None
+            return None
+
+        return wait_until(settled, deadline_s, f"equal applied index on {addrs}", self.explain)
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def kill(self, addr: str, sig: signal.Signals = signal.SIGKILL,
+             deadline_s: float = 5.0) -> None:
+        node = self.nodes[addr]
+        if not node.alive:
+            raise HarnessError(f"{addr} is not running")
+        os.kill(node.proc.pid, sig)
+        if sig == signal.SIGSTOP:
+            node.paused = True
+        elif sig == signal.SIGCONT:
+            node.paused = False
+        elif sig in (signal.SIGKILL, signal.SIGTERM):
+            node.proc.wait(timeout=deadline_s)
+
+    def restart(self, addr: str, ready_deadline_s: float = 10.0) -> None:
+        """Start a stopped node again on its address and data directory."""
+        node = self.nodes[addr]
+        if node.alive:
+            raise HarnessError(f"{addr} is still running")
+        self._spawn(node)
+        self._wait_serving(node, ready_deadline_s)
+
+    def stop_all(self, deadline_s: float = 5.0) -> None:
+        """SIGTERM every node, wait until the deadline, then SIGKILL; close every client."""
+        for client in list(self._clients):
+            self._forget(client)
+        running = [n for n in self.nodes.values() if n.alive]
+        for node in running:
+            if node.paused:
+                os.kill(node.proc.pid, signal.SIGCONT)  # a stopped process cannot exit
+                node.paused = False
+            os.kill(node.proc.pid, signal.SIGTERM)
+        end = time.monotonic() + deadline_s
+        for node in running:
+            try:
+                node.proc.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+        for node in self.nodes.values():
+            if node.log_file is not None:
+                node.log_file.close()
+                node.log_file = None
+
+    # --- explaining failures ---------------------------------------------------------------
+
+    def logs(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of every node's log, for assertion messages."""
+        parts = []
+        for addr, node in self.nodes.items():
+            if node.log_file is not None:
+                node.log_file.flush()
+            try:
+                text = node.log_path.read_text(errors="replace").splitlines()[-lines:]
+            except FileNotFoundError:
+                text = ["(no log)"]
+            state = "paused" if node.paused else "alive" if node.alive else "down"
+            parts.append(f"==== {addr} ({state}) {node.log_path}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    def log_of(self, addr: str) -> str:
+        node = self.nodes[addr]
+        if node.log_file is not None:
+            node.log_file.flush()
+        return node.log_path.read_text(errors="replace")
+
+    def explain(self) -> str:
+        try:
+            statuses = self.statuses(self.serving())
+        except Exception as exc:  # noqa: BLE001 (explaining a failure must not fail)
+            statuses = {"error": repr(exc)}
+        summary = "\n".join(f"  {a}: {_brief(s)}" for a, s in statuses.items())
+        return f"statuses:\n{summary}\n{self.logs()}"
+
+
+def _brief(status: Any) -> str:
+    if not isinstance(status, dict):
+        return str(status)
+    keys = ("role", "term", "leader", "commit_index", "applied_index", "last_index")
+    return " ".join(f"{k}={status.get(k)}" for k in keys)
+
+
+def shows_logs(test: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a test taking a `cluster` fixture: a failure carries the nodes' logs."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            test(*args, **kwargs)
+        except BaseException as exc:
+            cluster = kwargs.get("cluster")
+            if isinstance(cluster, Cluster):
+                exc.add_note(cluster.explain())
+            raise
+
+    return wrapper
