@@ -101,21 +101,24 @@ class Bidders:
         client = AuctionClient(self.servers, timeout=self.timeout)
         try:
             while not self._stop.is_set():
-                self.outcomes.append(self._bid_once(client, name))
+                self.bid_once(client, name)
         except BaseException as exc:  # noqa: BLE001 (reported by stop())
             self.errors.append(exc)
         finally:
             client.close()
 
-    def _bid_once(self, client: AuctionClient, name: str) -> Outcome:
+    def bid_once(self, client: AuctionClient, name: str) -> Outcome:
+        """One bid of the next amount, its outcome recorded (any thread, its own client)."""
         amount, sent = self.next_amount(), time.monotonic()
         try:
             client.bid(amount, name)
-            return Outcome(name, amount, sent, time.monotonic(), "ok")
+            outcome = Outcome(name, amount, sent, time.monotonic(), "ok")
         except BidRejected as exc:
-            return Outcome(name, amount, sent, time.monotonic(), "rejected", exc.reason)
+            outcome = Outcome(name, amount, sent, time.monotonic(), "rejected", exc.reason)
         except ClusterUnavailable:
-            return Outcome(name, amount, sent, time.monotonic(), "unknown")
+            outcome = Outcome(name, amount, sent, time.monotonic(), "unknown")
+        self.outcomes.append(outcome)
+        return outcome
 
     def acked(self, after: float = 0.0) -> list[Outcome]:
         return [o for o in list(self.outcomes) if o.verdict == "ok" and o.sent >= after]
@@ -166,18 +169,29 @@ def assert_nothing_acked_lost(history: list[dict], outcomes: list[Outcome]) -> N
 @shows_logs
 def test_bids_survive_kill_9_of_the_leader(cluster: Cluster, record_property) -> None:
     leader = cluster.leader()
+    survivors = cluster.others(leader)
+    probe = cluster.client(survivors)
     with Bidders(list(cluster.nodes), count=3) as bidders:
         bidders.wait_acked(30, deadline_s=15)
         cluster.kill(leader, signal.SIGKILL)
         killed_at = time.monotonic()
-        bidders.wait_acked(1, deadline_s=15, after=killed_at)
-        first = min(o.done for o in bidders.acked(after=killed_at)) - killed_at
-        bidders.wait_acked(30, deadline_s=15, after=killed_at)
-    record_property("failover_s", round(first, 3))
-    print(f"FAILOVER first ack after kill -9: {first:.3f}s")
+        new_leader = cluster.wait_for_leader(addrs=survivors)
+        elected = time.monotonic() - killed_at
+        # A client that knows only the survivors and asks once a leader is known: the cluster's
+        # own write gap, without the wait on the dead node that the bidders go through.
+        judged = bidders.bid_once(probe, "probe")
+        bidders.wait_acked(32, deadline_s=15, after=killed_at)
+    first = min(o.done for o in bidders.acked(after=killed_at) if o.bidder != "probe")
+    first -= killed_at
+    gap = judged.done - killed_at
+    record_property("failover_elected_s", round(elected, 3))
+    record_property("failover_first_ack_s", round(first, 3))
+    record_property("failover_survivor_probe_s", round(gap, 3))
+    print(f"FAILOVER after kill -9: leader agreed {elected:.3f}s, first bidder ack {first:.3f}s,"
+          f" survivors-only probe ack {gap:.3f}s")
+    assert judged.verdict in ("ok", "rejected"), f"the probe bid was not judged: {judged}"
     assert first < FAILOVER_LIMIT_S, f"the first bid after the kill took {first:.2f}s"
-    survivors = cluster.others(leader)
-    assert cluster.wait_for_leader(addrs=survivors) in survivors
+    assert new_leader in survivors
     history = replicas_agree(cluster, survivors)
     assert_nothing_acked_lost(history, bidders.outcomes)
     assert len(history) >= 60
@@ -226,6 +240,7 @@ def test_sigstopped_leader_steps_down_and_serves_no_stale_read(cluster: Cluster)
     finally:
         queued.close(linger=0)
     assert reply is not None, "the old leader never answered the queued read"
+    print(f"OLD-LEADER read after SIGCONT: {reply.get('error') or 'ok'}")
     if reply["ok"]:
         assert reply["result"] == fresh, "the old leader served a stale read"
     else:
@@ -263,6 +278,7 @@ class FeedCollector:
         self.events: list[dict] = []
         self.ready = threading.Event()
         self.errors: list[BaseException] = []
+        self.filled = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -274,6 +290,7 @@ class FeedCollector:
                 for event in watcher:
                     self.events.append(event)
                     if event.get("bidder") == SENTINEL:
+                        self.filled = watcher.filled
                         return
         except BaseException as exc:  # noqa: BLE001 (reported by the test)
             self.errors.append(exc)
@@ -297,6 +314,7 @@ def test_watcher_sees_every_committed_bid_once_across_a_leader_kill(cluster: Clu
     feed.thread.join(15.0)
     assert not feed.thread.is_alive(), "the watcher never delivered the sentinel bid"
     assert not feed.errors, f"the watcher failed: {feed.errors!r}"
+    print(f"FEED {len(feed.events)} events, {feed.filled} by gap filling")
     history = replicas_agree(cluster, cluster.others(leader))
     assert_nothing_acked_lost(history[:-1], bidders.outcomes)
     bids = [e for e in feed.events if e["type"] == "bid_accepted"]
