@@ -325,7 +325,11 @@ def shows_logs(test: Callable[..., None]) -> Callable[..., None]:
         except BaseException as exc:
             cluster = kwargs.get("cluster")
             if isinstance(cluster, Cluster):
-                exc.add_note(cluster.explain())
+                explanation = cluster.explain()
+                if hasattr(exc, "add_note"):  # Python 3.11+
+                    exc.add_note(explanation)
+                else:  # captured, and shown with the failure
+                    print(explanation, file=sys.stderr)
             raise
 
     return wrapper

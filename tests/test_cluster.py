@@ -29,6 +29,7 @@ from zauction.protocol import MAX_REQUEST_BYTES, ErrorCode
 pytestmark = pytest.mark.processes
 
 FAILOVER_LIMIT_S = 5.0  # the first write acknowledged after a leader dies must come sooner
+ROUTER_MAX_MESSAGE_BYTES = 64 << 20  # brokerless.transport's default max_message_bytes
 
 
 @pytest.fixture
@@ -316,6 +317,7 @@ def test_watcher_sees_every_committed_bid_once_across_a_leader_kill(cluster: Clu
     assert not feed.errors, f"the watcher failed: {feed.errors!r}"
     print(f"FEED {len(feed.events)} events, {feed.filled} by gap filling")
     history = replicas_agree(cluster, cluster.others(leader))
+    assert history[-1]["bidder"] == SENTINEL
     assert_nothing_acked_lost(history[:-1], bidders.outcomes)
     bids = [e for e in feed.events if e["type"] == "bid_accepted"]
     seen = Counter((e["auction"], e["seq"]) for e in bids)
@@ -445,6 +447,20 @@ def throw_client_garbage(addr: str, rng: random.Random) -> None:
         raw.alive()
     finally:
         raw.close()
+    send_past_the_size_limit(addr)
+
+
+def send_past_the_size_limit(addr: str) -> None:
+    """A frame past the ROUTER's MAXMSGSIZE: the node must drop the connection, nothing else."""
+    too_big = Raw(addr)
+    monitor = too_big.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        too_big.sock.send_multipart([b"C", bytes(ROUTER_MAX_MESSAGE_BYTES + 1)], copy=False)
+        assert monitor.poll(5000), f"{addr} kept a connection that sent an oversized frame"
+    finally:
+        too_big.sock.disable_monitor()
+        monitor.close(linger=0)
+        too_big.close()
 
 
 def throw_peer_garbage(cluster: Cluster, addr: str, routing_id: str, claimed: str,
