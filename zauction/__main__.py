@@ -1,0 +1,8 @@
+"""`python -m zauction ...` runs the command line."""
+
+from __future__ import annotations
+
+from zauction.cli import app
+
+if __name__ == "__main__":
+    app(prog_name="zauction")
