@@ -208,9 +208,7 @@ class Cluster:
         def opened() -> dict | None:
             try:
                 return probe.result()
-            except UnknownAuctionError:
-                return None
-            except ClientError:
+            except (UnknownAuctionError, ClientError):  # not opened yet, or no leader yet
                 return None
 
         try:
