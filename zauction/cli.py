@@ -12,11 +12,11 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -24,7 +24,7 @@ from brokerless.runtime import Timing
 from brokerless.storage import Durability
 from zauction import cluster as local
 from zauction import console
-from zauction.client import BidRejected, ClusterUnavailable
+from zauction.client import AuctionClient, BidRejected, ClusterUnavailable
 from zauction.commands import (
     DEFAULT_AUCTION,
     MAX_ITEM_LEN,
@@ -35,6 +35,7 @@ from zauction.commands import (
 from zauction.console import CliError, ExitCode, emit_json, errors, note, out
 
 DEFAULT_SERVERS = "localhost:8001,localhost:8002,localhost:8003"
+T = TypeVar("T")
 EPILOG = console.EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -105,7 +106,7 @@ def _timeout(text: str) -> float:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _checked(check, value, field: str):  # type: ignore[no-untyped-def]
+def _checked(check: Callable[[object, str], None], value: T, field: str) -> T:
     """Validate with the domain's own rules, so bad input fails here and sends nothing."""
     try:
         check(value, field)
@@ -147,6 +148,8 @@ def timing_from(tick_ms: int, heartbeat_ms: int, election_ms: int) -> Timing:
 
 
 # --- shared options -----------------------------------------------------------------------------
+# Options with a `parser` take their defaults as text ("5s"), so --help shows what a user types;
+# click runs the default through the parser like any other value.
 
 Servers = Annotated[str, typer.Option(
     "--servers", "-s", envvar="ZAUCTION_SERVERS",
@@ -159,7 +162,7 @@ AuctionId = Annotated[str, typer.Option("--auction", "-a", parser=_name,
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _client(servers: str, timeout: float):  # type: ignore[no-untyped-def]
+def _client(servers: str, timeout: float) -> AuctionClient:
     return local.open_client(parse_addr_list(servers), timeout=timeout)
 
 
@@ -379,7 +382,7 @@ def cluster_up(
                                                   help="Default auction length.")] = "100s",
     durability: Annotated[Durability, typer.Option()] = Durability.ALWAYS,
     detach: Annotated[bool, typer.Option(
-        help="Return once a leader is elected, leaving the nodes running.")] = False,
+        "--detach", help="Return once a leader is elected, leaving the nodes running.")] = False,
 ) -> None:
     """Start a local cluster and show its nodes live; Ctrl-C stops them all."""
     with errors(), local.sigterm_as_interrupt():
@@ -488,7 +491,7 @@ def _demo_steps(handle: local.ClusterHandle, total: int) -> DemoReport:
     leader = local.wait_for_leader(handle.servers, time.monotonic() + 15, handle)
     note(f"leader elected: [bold]{leader}[/]")
     amounts = itertools.count(100, 5)
-    with local.open_client(handle.servers, timeout=10.0, attempt_timeout=0.5) as client:
+    with local.open_client(handle.servers, timeout=10.0, attempt_timeout=0.3) as client:
         local.wait_for_auction(client, DEFAULT_AUCTION, time.monotonic() + 10)
         before = _bid_phase(client, "bidding", total // 2, amounts)
         killed = local.wait_for_leader(handle.servers, time.monotonic() + 5, handle)
@@ -509,7 +512,7 @@ def _demo_steps(handle: local.ClusterHandle, total: int) -> DemoReport:
                       results)
 
 
-def _bid_phase(client, label: str, count: int,  # type: ignore[no-untyped-def]
+def _bid_phase(client: AuctionClient, label: str, count: int,
                amounts: Iterator[int]) -> list[local.BidOutcome]:
     with console.bid_progress() as progress:
         task = progress.add_task(label, total=count)
