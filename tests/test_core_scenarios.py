@@ -34,7 +34,8 @@ HEARTBEAT = 2
 
 
 class PinnedRng:
-    """Always draws the longest election timeout, so only the test starts elections."""
+    """Always draws the longest election timeout, so a test's explicit campaign() wins
+    the race against the nodes' own timers."""
 
     def randrange(self, start: int, stop: int) -> int:
         return stop - 1
