@@ -44,6 +44,10 @@ HELLO_INTERVAL_S = 0.2
 # Unanswered HELLOs back off to this interval: a DEALER queues them while its peer is down, and
 # a long outage must not fill the queue (the peer's own HELLO rediscovers it at once anyway).
 HELLO_INTERVAL_MAX_S = 3.2
+# ZMTP heartbeats on every ROUTER/DEALER connection: a connection that went silent (its
+# peer froze, or the ROUTER handed its routing id to another connection) is noticed within
+# the timeout and re-established, instead of swallowing messages for ever.
+_KEEPALIVE = {zmq.HEARTBEAT_IVL: 200, zmq.HEARTBEAT_TIMEOUT: 600, zmq.HEARTBEAT_TTL: 1200}
 _MAX_HELLO_BYTES = 4096
 _MAX_HELLO_FIELD_CHARS = 256
 _ENDPOINT = re.compile(r"tcp://([A-Za-z0-9._-]+):([0-9]{1,5})")
@@ -271,6 +275,7 @@ class Transport:
                 zmq.MAXMSGSIZE: max_bytes,
                 zmq.ROUTER_HANDOVER: 1,  # a restarted peer reconnects with the same routing id
                 zmq.ROUTER_MANDATORY: 1,  # so reply() can tell an unroutable identity (-> False)
+                **_KEEPALIVE,
             },
         )
         self._bind(router, f"tcp://{node_id}")
@@ -299,6 +304,7 @@ class Transport:
                 zmq.MAXMSGSIZE: max_bytes,
                 zmq.ROUTING_ID: self.node_id.encode(),
                 **reconnect,
+                **_KEEPALIVE,
             },
         )
         dealer.connect(f"tcp://{address}")

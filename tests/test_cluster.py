@@ -515,10 +515,6 @@ def test_garbage_on_every_socket_changes_nothing(cluster: Cluster) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, raises=ClusterUnavailable, reason=(
-    "brokerless.transport: ROUTER_HANDOVER hands a member's routing id to any new connection "
-    "that claims it, and the member's own DEALER never notices (no ZMTP heartbeat): its link "
-    "stays cut after the impostor leaves, so replication stalls for good"))
 @shows_logs
 def test_garbage_from_an_impostor_peer_does_not_cut_the_real_link(cluster: Cluster) -> None:
     client = cluster.client(timeout=5.0)
