@@ -19,9 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import zmq
 
 from zauction.client import AuctionClient, BidRejected, ClientError, ClusterUnavailable
 
@@ -73,38 +70,11 @@ class StopReport:
 # --- clients -----------------------------------------------------------------------------------
 
 
-class _NonBlockingDealer(zmq.Socket):
-    """A send that finds no connected peer drops the request instead of blocking forever.
-
-    AuctionClient sets IMMEDIATE on its DEALERs, and a DEALER with no live connection blocks
-    in send; dropping the request lets the client's reply wait time out and move on to the
-    next server, which is what its Lazy Pirate loop expects. (Reported upstream: the client
-    should do this itself; this wrapper is harmless once it does.)
-    """
-
-    def send_multipart(self, msg_parts: Sequence[Any], flags: int = 0, copy: bool = True,
-                       track: bool = False, **kwargs: Any) -> Any:
-        try:
-            return super().send_multipart(msg_parts, flags | zmq.NOBLOCK, copy, track, **kwargs)
-        except zmq.Again:
-            return None
-
-
-class _ClientContext(zmq.Context):
-    _socket_class = _NonBlockingDealer
-
-
-_context: _ClientContext | None = None
-
-
 def open_client(servers: Sequence[str], timeout: float = 5.0,
                 attempt_timeout: float = 0.5) -> AuctionClient:
-    """An AuctionClient for the CLI and the demo (sends never block on a dead node)."""
-    global _context
-    if _context is None:
-        _context = _ClientContext()
+    """The AuctionClient of the CLI and the demo: one factory, so tests can replace it."""
     return AuctionClient(list(servers), timeout=timeout,
-                         attempt_timeout=min(attempt_timeout, timeout), context=_context)
+                         attempt_timeout=min(attempt_timeout, timeout))
 
 
 # --- starting -----------------------------------------------------------------------------------
