@@ -84,6 +84,8 @@ class Runtime:
         self._deferred_hard_state: HardState | None = None
         self.last_leader_contact = time.monotonic()
         self.running = False
+        self.rejected_peer_messages = 0
+        self._last_reject_log = -1.0
         transport.subscribe(HEARTBEAT_TOPIC)
 
     # --- the application's API ---------------------------------------------------------
@@ -148,16 +150,25 @@ class Runtime:
         try:
             msg = decode_message(payload)
         except WireError as exc:
-            log.warning("dropped a malformed peer message from %s: %s", sender, exc)
+            self._reject_peer_message("malformed peer message from %s: %s", sender, exc)
             return
         if sender is None or msg.src != sender:
             # The routing id (or the SUB socket) says who sent it; a message claiming to be
             # from someone else is dropped.
-            log.warning("dropped a message from %s claiming to be from %s", sender, msg.src)
+            self._reject_peer_message("message from %s claiming to be from %s", sender, msg.src)
             return
         if isinstance(msg, Heartbeat) and msg.term >= self.core.term:
             self.last_leader_contact = time.monotonic()
         self.core.step(msg)
+
+    def _reject_peer_message(self, fmt: str, *args: object) -> None:
+        # Counted always, logged at most once a second: a hostile sender must not flood logs.
+        self.rejected_peer_messages += 1
+        now = time.monotonic()
+        if now - self._last_reject_log >= 1.0:
+            self._last_reject_log = now
+            log.warning("dropped a " + fmt + " (%d dropped so far)", *args,
+                        self.rejected_peer_messages)
 
     # --- executing a Ready -----------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from zauction.protocol import (
 
 DEFAULT_SERVERS = ("localhost:8001", "localhost:8002", "localhost:8003")
 RETRY_PAUSE_S = 0.05
-CONNECT_WAIT_S = 0.2  # how long a request waits for a TCP connection to a node  # between rounds when no node knows a leader (an election is running)
+CONNECT_WAIT_S = 0.2  # how long a request waits for a TCP connection to a node
+DISCONNECT_CHECK_S = 0.02  # while waiting for a reply, how often to check the node is still there  # between rounds when no node knows a leader (an election is running)
 
 
 class ClientError(Exception):
@@ -186,8 +187,12 @@ class AuctionClient:
     def _await(self, sock: zmq.Socket, rid: int, timeout: float) -> dict | None:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
-                return None
+            if not sock.poll(int(min(left, DISCONNECT_CHECK_S) * 1000) + 1):
+                # With IMMEDIATE, a socket that lost its only connection is not writable:
+                # the node died (kill -9 resets the TCP connection); stop waiting for it.
+                if not sock.get(zmq.EVENTS) & zmq.POLLOUT:
+                    return None
+                continue
             frames = sock.recv_multipart()
             if len(frames) != 2 or frames[0] != CLIENT_KIND:
                 continue

@@ -118,6 +118,7 @@ class AuctionNode:
 
     def on_role_change(self, soft: SoftState) -> None:
         self._closing.clear()
+        self.service.leader_changed(soft.leader)
         if soft.role == Role.LEADER:
             log.info("elected leader for term %d", soft.term)
             self._leader_duties()  # open the default auction without waiting for a tick
@@ -180,6 +181,8 @@ class AuctionNode:
             "snapshot_index": core.log.offset, "heartbeat_age_ms": round(age * 1000, 1),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "pub": self.transport.pub_endpoint, "members": list(self.opts.members),
+            "rejected_peer_messages": self.runtime.rejected_peer_messages,
+            "bad_requests": self.service.bad_requests,
         }
 
     # --- running ----------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ class Service:
         self.runtime = runtime
         self.state = state
         self.status = status
-        self._forwards: dict[int, tuple[Respond, float]] = {}  # fid -> (respond, deadline)
+        self._forwards: dict[int, tuple[Respond, float, str]] = {}  # fid -> (respond, deadline, to)
         self._fids = count(1)
         self.bad_requests = 0
 
@@ -87,10 +87,19 @@ class Service:
 
     def expire_forwards(self) -> None:
         now = time.monotonic()
-        for fid, (respond, deadline) in list(self._forwards.items()):
+        for fid, (respond, deadline, _) in list(self._forwards.items()):
             if deadline <= now:
                 del self._forwards[fid]
                 respond(error_reply(0, ErrorCode.TIMEOUT, "the leader did not answer in time"))
+
+    def leader_changed(self, leader: str | None) -> None:
+        """Requests forwarded to a former leader will likely never be answered: tell their
+        clients now (outcome unknown), so they retry at once instead of timing out."""
+        for fid, (respond, _, to) in list(self._forwards.items()):
+            if to != leader:
+                del self._forwards[fid]
+                respond(error_reply(0, ErrorCode.OUTCOME_UNKNOWN,
+                                    f"leader changed from {to} while forwarding", leader=leader))
 
     # --- one request -----------------------------------------------------------------------
 
@@ -131,7 +140,7 @@ class Service:
 
     def _forward(self, leader: str, payload: bytes, respond: Respond) -> None:
         fid = next(self._fids)
-        self._forwards[fid] = (respond, time.monotonic() + FORWARD_TIMEOUT_S)
+        self._forwards[fid] = (respond, time.monotonic() + FORWARD_TIMEOUT_S, leader)
         sent = self.runtime.transport.send(leader, FORWARD_KIND, pack({"fid": fid, "req": payload}))
         if not sent:
             del self._forwards[fid]
