@@ -316,12 +316,6 @@ def leader_sending_a_snapshot() -> Core:
     return core
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: _on_snapshot_response trusts next_offset; a negative one becomes "
-    "pr.snap_offset and the leader sends InstallSnapshot(offset=-5) with bytes sliced from "
-    "the end of the snapshot (Python negative slicing)",
-)
 def test_a_negative_snapshot_offset_is_not_trusted() -> None:
     core = leader_sending_a_snapshot()
     core.step(SnapshotResponse(3, "n2", "n1", 2, -5, False))

@@ -173,7 +173,10 @@ class LeaderMixin:
                 pr.become_probe()
             self._send_append(msg.src)
             return
-        if pr.state != ReplState.SNAPSHOT or msg.index != pr.snap_index:
+        if pr.state != ReplState.SNAPSHOT or msg.index != pr.snap_index or pr.snap is None:
+            return
+        if not 0 <= msg.next_offset <= len(pr.snap.data):
+            self.ignored += 1  # an offset outside the snapshot is nonsense, never a slice
             return
         # The follower's answer says where it is. An answer equal to where we are is a
         # duplicate (or an answer to a resend) and sends nothing, so chunks never multiply.
