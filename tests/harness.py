@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -85,11 +85,16 @@ class Node:
 
 class Cluster:
     def __init__(self, workdir: Path, size: int = 3, *, auction_duration_ms: int = 100_000,
-                 start_attempts: int = 3):
+                 start_attempts: int = 3, node_args: Sequence[str] = (),
+                 prepare: Callable[[Node], None] | None = None):
+        """`node_args` are extra node_proc.py flags for every node (--snapshot-every 50);
+        `prepare(node)` runs before a node's first start, to seed its data directory."""
         self.workdir = workdir
         self.size = size
         self.auction_duration_ms = auction_duration_ms
         self.start_attempts = start_attempts
+        self.node_args = tuple(node_args)
+        self.prepare = prepare
         self.nodes: dict[str, Node] = {}
         self._clients: list[AuctionClient] = []
         self._attempt = 0
@@ -108,6 +113,9 @@ class Cluster:
                 self.nodes[addr] = Node(addr, base / f"node{i}", base / f"node{i}.log")
             try:
                 for addr in self.nodes:
+                    if self.prepare is not None:
+                        self.nodes[addr].data_dir.mkdir(parents=True, exist_ok=True)
+                        self.prepare(self.nodes[addr])
                     self._spawn(self.nodes[addr])
                 for node in self.nodes.values():
                     self._wait_serving(node, ready_deadline_s)
@@ -121,7 +129,7 @@ class Cluster:
         peers = ",".join(a for a in self.nodes if a != node.addr)
         cmd = [sys.executable, str(NODE_SCRIPT), "--addr", node.addr, "--peers", peers,
                "--data-dir", str(node.data_dir),
-               "--auction-duration-ms", str(self.auction_duration_ms)]
+               "--auction-duration-ms", str(self.auction_duration_ms), *self.node_args]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
         if node.log_file is None:

@@ -2,6 +2,7 @@
 
 Usage: python tests/node_proc.py --addr 127.0.0.1:P --peers 127.0.0.1:Q,127.0.0.1:R
                                  --data-dir D [--auction-duration-ms N] [--log-level L]
+                                 [--snapshot-every N] [--durability always|batch|off]
 
 Logs go to stderr; the node stops cleanly on SIGTERM (AuctionNode.run handles it).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 # project is not installed (python puts tests/, not the repository root, on sys.path).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from brokerless.storage import Durability  # noqa: E402
 from zauction.node import AuctionNode, NodeOptions  # noqa: E402
 
 
@@ -27,6 +29,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--auction-duration-ms", type=int, default=100_000)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--snapshot-every", type=int, default=100_000,
+                        help="applied entries between snapshots")
+    parser.add_argument("--durability", type=Durability, default=Durability.ALWAYS,
+                        choices=list(Durability), metavar="{always,batch,off}")
     return parser.parse_args(argv)
 
 
@@ -40,7 +46,8 @@ def main(argv: list[str]) -> None:
     )
     peers = tuple(p for p in args.peers.split(",") if p)
     opts = NodeOptions(addr=args.addr, peers=peers, data_dir=args.data_dir,
-                       auction_duration_ms=args.auction_duration_ms)
+                       auction_duration_ms=args.auction_duration_ms,
+                       snapshot_every=args.snapshot_every, durability=args.durability)
     AuctionNode(opts).run()
 
 
