@@ -208,7 +208,12 @@ class LeaderMixin:
         if pr.state == ReplState.SNAPSHOT:
             self._send_snapshot_chunk(peer, pr)
             return
-        pr.become_probe()
+        if pr.match > 0:
+            pr.become_probe()  # resend from the last acknowledged index
+        else:
+            # Nothing acknowledged yet in this term: probe again where we were, rather than
+            # from index 1 (which would resend the whole log, or a snapshot).
+            pr.paused = False
         self._send_append(peer)
 
     def _queue_read(self, ctx: object) -> None:
