@@ -50,6 +50,9 @@ class Application(StateMachine, Protocol):
 
     def on_role_change(self, soft: SoftState) -> None: ...
 
+    def on_applied(self) -> None:
+        """Once per Ready, after its committed entries were applied (batch side effects here)."""
+
 
 class ProposalLost(Exception):
     """Leadership was lost before the entry committed; it may or may not commit later."""
@@ -184,6 +187,8 @@ class Runtime:
             if not early or not isinstance(msg, _LEADER_OUTBOUND):
                 self._send(msg)
         self._apply(rd)
+        if rd.committed and self.app is not None:
+            self.app.on_applied()
         self.core.advance(rd)
         self._after_apply(rd)
         if rd.soft_state != self._soft:

@@ -65,6 +65,9 @@ class Recorder:
     def on_role_change(self, soft) -> None:
         pass
 
+    def on_applied(self) -> None:
+        pass
+
 
 def make(node: str = "a"):
     journal: list = []

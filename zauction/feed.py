@@ -84,11 +84,14 @@ class FeedWatcher:
         if len(frames) != 2:
             return
         try:
-            event = unpack(frames[1])
+            batch = unpack(frames[1])
         except WireError:
             return
-        if type(event) is not dict:
-            return
+        for event in batch if type(batch) is list else ():
+            if type(event) is dict:
+                yield from self._on_event(event)
+
+    def _on_event(self, event: dict) -> Iterator[dict]:
         if event.get("type") == "leader_changed":
             if event.get("index", 0) > self.leader_index:
                 self.leader_index = event["index"]
