@@ -88,6 +88,8 @@ class Runtime:
         self.last_leader_contact = time.monotonic()
         self.running = False
         self.rejected_peer_messages = 0
+        self.stats = dict.fromkeys(
+            ("readies", "messages_sent", "entries_saved", "entries_applied", "saves"), 0)
         self._last_reject_log = -1.0
         transport.subscribe(HEARTBEAT_TOPIC)
 
@@ -179,6 +181,11 @@ class Runtime:
         rd = self.core.ready()
         if rd.is_empty() and rd.soft_state == self._soft:
             return
+        stats = self.stats
+        stats["readies"] += 1
+        stats["messages_sent"] += len(rd.messages)
+        stats["entries_saved"] += len(rd.entries)
+        stats["entries_applied"] += len(rd.committed)
         early = self._early_sendable(rd)
         for msg in early:
             self._send(msg)
@@ -209,6 +216,7 @@ class Runtime:
         if hs is None and not rd.entries and rd.snapshot is None:
             return
         self.storage.save(hs, rd.entries, rd.snapshot)
+        self.stats["saves"] += 1
         self._deferred_hard_state = None
         if hs is not None:
             self._durable_term_vote = (hs.term, hs.vote)

@@ -191,6 +191,7 @@ class AuctionNode:
             "pub": self.transport.pub_endpoint, "members": list(self.opts.members),
             "rejected_peer_messages": self.runtime.rejected_peer_messages,
             "bad_requests": self.service.bad_requests,
+            "loop": dict(self.runtime.stats),
         }
 
     # --- running ----------------------------------------------------------------------------------
