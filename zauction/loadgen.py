@@ -81,8 +81,9 @@ class LoadConfig:
             raise LoadError("give exactly one of rate (open loop) or concurrency (closed loop)")
         if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise LoadError(f"rate must be a positive number, not {self.rate!r}")
-        checks = {"bidders": self.bidders, "auctions": self.auctions,
-                  "concurrency": self.concurrency or 1}
+        checks = {"bidders": self.bidders, "auctions": self.auctions}
+        if self.concurrency is not None:
+            checks["concurrency"] = self.concurrency
         for name, value in checks.items():
             if type(value) is not int or value < 1:
                 raise LoadError(f"{name} must be a whole number >= 1, not {value!r}")
@@ -540,12 +541,19 @@ class _Engine:
                 self.view.observe(reply.get("result"))
             return
         op = self.pending.get(rid) if type(rid) is int else None
-        if op is None:
-            # rid 0: a node's answer to a forwarded request that lost its rid; the attempt
-            # timer retries whichever op it was.
-            self.stats.errors["unmatched_reply"] += rid == 0
-            return
-        self._on_op_reply(op, node, reply)
+        if op is not None:
+            self._on_op_reply(op, node, reply)
+        elif rid == 0 and reply.get("error") in RETRYABLE:
+            self._on_anonymous_failure(node, reply)
+
+    def _on_anonymous_failure(self, node: str, reply: dict) -> None:
+        """A node failed one of the requests it forwarded (its leader changed or timed out)
+        but answered with rid 0, so we cannot tell which: retry every op waiting there. A
+        retry keeps its seq, so the ops that were fine after all are still applied once."""
+        self.stats.errors["unmatched_reply"] += 1
+        self.view.hint(reply.get("leader"))
+        for op in [op for op in self.in_flight if op.node == node and op.attempt_rid]:
+            self._attempt(op, avoid=node)
 
     def _on_op_reply(self, op: _Op, node: str, reply: dict) -> None:
         result = reply.get("result")
