@@ -128,10 +128,10 @@ class AuctionNode:
 
     def _publish_event(self, event: dict) -> None:
         auction = event["auction"]
-        summary = self.state.result(auction)
+        bids = self.state.bid_count(auction)
         kind = event["type"]
-        event["seq"] = {"auction_opened": 0, "bid_accepted": summary["bids"]}.get(
-            kind, summary["bids"] + 1)
+        # Per-auction feed sequence: 0 opened, 1..n the accepted bids, n+1 closed.
+        event["seq"] = {"auction_opened": 0, "bid_accepted": bids}.get(kind, bids + 1)
         if kind == "bid_accepted":
             log.debug("bid accepted: %s %s on %s", event["bidder"], event["amount"], auction)
         elif kind == "auction_closed":
