@@ -45,6 +45,7 @@ class FakeNode:
 
     ctx: zmq.Context
     leader: str | None = None  # what `status` says leads (None: nobody known)
+    status: object = None  # if set, the `status` result as is (to send garbage)
     delay_s: float = 0.0
     policy: Callable[[dict], dict | None] | None = None
     seen: list[tuple[str, int, int]] = field(default_factory=list)  # (client, seq, rid) of bids
@@ -86,6 +87,8 @@ class FakeNode:
 
     def _answer(self, body: dict) -> dict | None:
         op, rid = body["op"], body["rid"]
+        if op == "status" and self.status is not None:
+            return {"rid": rid, "ok": True, "result": self.status}
         if op == "status":
             return {"rid": rid, "ok": True, "result": {"addr": self.addr, "role": "follower",
                                                        "term": 1, "leader": self.leader}}
@@ -190,6 +193,13 @@ def test_open_loop_latency_counts_lateness_but_closed_loop_does_not(fake_nodes):
     assert open_loop.latency_ms["max"] > 500  # the last sends were ~0.8 s late
     assert open_loop.errors["not_sent"] > 50  # about 100 slots, at most 20 of them served
     assert open_loop.to_dict()["offered_rate"] == 100
+
+
+def test_malformed_status_replies_are_ignored(fake_nodes):
+    odd = fake_nodes(status={"role": "leader", "term": "seven", "leader": 5}).start()
+    worse = fake_nodes(status=["not", "a", "map"]).start()
+    result = run_load([odd.addr, worse.addr], bidders=2, concurrency=2, duration_s=0.2)
+    assert result.acked >= 1 and result.leader_changes == 0
 
 
 def test_bad_parameters_raise_a_typed_error_and_send_nothing(fake_nodes):

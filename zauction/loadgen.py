@@ -37,7 +37,6 @@ from hdrh.histogram import HdrHistogram
 from brokerless.wire import pack
 from zauction.checker import FinalState, Rules
 from zauction.client import AuctionClient, ClientError, endpoint
-from zauction.cluster import leader_of
 from zauction.history import OK, REJECTED, UNKNOWN, BidOp, HistoryWriter
 from zauction.protocol import CLIENT_KIND, ErrorCode, ProtocolError, decode_reply
 
@@ -620,9 +619,8 @@ class _Engine:
             statuses = client.status()
         finally:
             client.close()
-        for status in statuses:
+        for status in statuses:  # untrusted replies: observe() checks each field
             self.view.observe(status)
-        self.view.hint(leader_of(statuses))
         self.view.changes = 0
         self.links.await_connections(time.monotonic() + CONNECT_WAIT_S)
 
