@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from brokerless.core import Config, Core, NotLeader, Ready, SoftState
 from brokerless.messages import Append, Heartbeat, Message
+from brokerless.snapshotter import Snapshotter
 from brokerless.storage import Storage
 from brokerless.transport import FromPeer, FromRouter, FromSub, Transport
 from brokerless.types import Entry, EntryKind, HardState, Role
@@ -70,13 +71,16 @@ Callback = Callable[[Any, BaseException | None], None]
 
 class Runtime:
     def __init__(self, config: Config, core: Core, storage: Storage, transport: Transport,
-                 timing: Timing, snapshot_every: int = 100_000):
+                 timing: Timing, snapshot_every: int = 100_000,
+                 snapshotter: Snapshotter | None = None):
         self.config = config
         self.core = core
         self.storage = storage
         self.transport = transport
         self.timing = timing
         self.snapshot_every = snapshot_every
+        self.snapshotter = snapshotter or Snapshotter(fork=False)
+        self._snapshot_started = 0.0
         self.app: Application | None = None
         self._proposals: dict[int, tuple[int, Callback]] = {}  # index -> (term, callback)
         self._reads: dict[int, Callback] = {}  # read ctx -> callback
@@ -180,6 +184,8 @@ class Runtime:
     def process_ready(self) -> None:
         rd = self.core.ready()
         if rd.is_empty() and rd.soft_state == self._soft:
+            if self.snapshotter.busy:
+                self._maybe_snapshot()  # pick up a finished snapshot even when idle
             return
         stats = self.stats
         stats["readies"] += 1
@@ -299,12 +305,20 @@ class Runtime:
             self.app.on_role_change(soft)
 
     def _maybe_snapshot(self) -> None:
-        core = self.core
-        if self.app is None or core.applied - core.log.offset < self.snapshot_every:
-            return
-        started = time.monotonic()
+        core, app = self.core, self.app
+        done = self.snapshotter.poll()
+        if done is None and app is not None and not self.snapshotter.busy and (
+                core.applied - core.log.offset >= self.snapshot_every):
+            self._snapshot_started = time.monotonic()
+            done = self.snapshotter.start(core.applied, app.snapshot)
+        if done is not None:
+            self._compact(*done)
+
+    def _compact(self, index: int, data: bytes) -> None:
+        if index <= self.core.log.offset:
+            return  # a snapshot from the leader overtook ours meanwhile
         self.flush()  # storage compacts only up to a durable commit index
-        snap = core.compact(core.applied, self.app.snapshot())
+        snap = self.core.compact(index, data)
         self.storage.compact(snap)
-        log.info("snapshot at index %d (%d bytes) in %.0f ms", snap.meta.index,
-                 len(snap.data), (time.monotonic() - started) * 1000)
+        log.info("snapshot at index %d (%d bytes) in %.0f ms", index, len(data),
+                 (time.monotonic() - self._snapshot_started) * 1000)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from brokerless.core import Config, Core, SoftState
 from brokerless.runtime import Runtime, Timing
+from brokerless.snapshotter import Snapshotter
 from brokerless.sqlite_storage import SqliteStorage
 from brokerless.storage import Durability
 from brokerless.transport import FromPeer, FromRouter, FromSub, Transport
@@ -69,7 +70,8 @@ class AuctionNode:
             self.state.restore(persisted.snapshot.data)
         peers = {p: p for p in opts.peers}
         self.transport = Transport(opts.addr, peers, cluster_id=self.cluster_id)
-        self.runtime = Runtime(config, core, self.storage, self.transport, t, opts.snapshot_every)
+        self.runtime = Runtime(config, core, self.storage, self.transport, t, opts.snapshot_every,
+                               Snapshotter(opts.data_dir))
         self.runtime.app = self
         self.service = Service(self.runtime, self.state, self.status)
         self._closing: set[str] = set()
@@ -210,6 +212,7 @@ class AuctionNode:
             self.close()
 
     def close(self) -> None:
+        self.runtime.snapshotter.close()
         self.runtime.flush()
         self.transport.close()
         self.storage.close()

@@ -1,0 +1,102 @@
+"""Snapshots taken in a forked child: the parent keeps going and gets the bytes back."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from brokerless.core import Config, Core
+from brokerless.runtime import Runtime, Timing
+from brokerless.snapshotter import Snapshotter
+from brokerless.storage import MemoryStorage
+
+
+def wait_for(snapshotter: Snapshotter, deadline_s: float = 10.0):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        done = snapshotter.poll()
+        if done is not None or not snapshotter.busy:
+            return done
+        time.sleep(0.005)  # polling a child process: nothing to wait on but its exit
+    raise AssertionError("snapshot child did not finish in time")
+
+
+def test_the_child_sees_the_state_as_of_the_fork(tmp_path):
+    state = {"bids": list(range(1000))}
+    snap = Snapshotter(tmp_path)
+    assert snap.start(7, lambda: repr(state["bids"]).encode()) is None
+    state["bids"].append(-1)  # the parent moves on; the child's copy must not change
+    index, data = wait_for(snap)
+    assert index == 7 and data == repr(list(range(1000))).encode()
+    assert not list(tmp_path.iterdir()), "the scratch file is removed"
+
+
+def test_a_failing_child_gives_nothing_and_the_next_one_works(tmp_path):
+    snap = Snapshotter(tmp_path)
+
+    def broken() -> bytes:
+        raise RuntimeError("boom")
+
+    snap.start(1, broken)
+    assert wait_for(snap) is None and not snap.busy
+    snap.start(2, lambda: b"ok")
+    assert wait_for(snap) == (2, b"ok")
+
+
+def test_without_fork_it_is_taken_inline(tmp_path):
+    assert Snapshotter(tmp_path, fork=False).start(3, lambda: b"x") == (3, b"x")
+
+
+def test_close_kills_a_running_child(tmp_path):
+    snap = Snapshotter(tmp_path)
+
+    def slow() -> bytes:
+        time.sleep(30)  # the child must be killed long before this ends
+        return b""
+
+    snap.start(4, slow)
+    started = time.monotonic()
+    snap.close()
+    assert time.monotonic() - started < 5 and not snap.busy
+
+
+class CountingApp:
+    def __init__(self):
+        self.n = 0
+
+    def apply(self, entry):
+        self.n += 1
+
+    def snapshot(self) -> bytes:
+        return str(self.n).encode()
+
+    def restore(self, data): ...
+    def on_message(self, msg): ...
+    def on_tick(self): ...
+    def on_role_change(self, soft): ...
+    def on_applied(self): ...
+
+
+class QuietTransport:
+    def subscribe(self, topic): ...
+    def send(self, *args): return True
+    def publish(self, *args): ...
+
+
+def test_runtime_compacts_once_the_child_finishes_even_when_idle(tmp_path):
+    config = Config("a", ("a",))
+    core = Core(config, random.Random(0))
+    rt = Runtime(config, core, MemoryStorage(), QuietTransport(), Timing(), snapshot_every=1,
+                 snapshotter=Snapshotter(tmp_path))
+    rt.app = CountingApp()
+    core.campaign()
+    rt.process_ready()
+    rt.propose(b"x", lambda r, e: None)
+    rt.process_ready()
+    deadline = time.monotonic() + 10
+    while core.log.offset == 0 and time.monotonic() < deadline:
+        rt.process_ready()  # nothing new to do: only the finished child is left to pick up
+        time.sleep(0.005)
+    snap = rt.storage.load().snapshot
+    assert core.log.offset >= 1 and snap is not None
+    assert int(snap.data) == snap.meta.index  # one applied entry per index, NOOP included
