@@ -92,6 +92,9 @@ class Runtime:
         self.last_leader_contact = time.monotonic()
         self.running = False
         self.rejected_peer_messages = 0
+        self.peer_last_heard: dict[str, float] = {}
+        self._silent_peers: set[str] = set()
+        self._leader_since = time.monotonic()
         self.stats = dict.fromkeys(
             ("readies", "messages_sent", "entries_saved", "entries_applied", "saves"), 0)
         self._last_reject_log = -1.0
@@ -142,7 +145,25 @@ class Runtime:
     def stop(self) -> None:
         self.running = False
 
+    def _watch_peers(self) -> None:
+        """As leader (the one node every peer answers), log peers going silent and coming back."""
+        if self.core.role != Role.LEADER:
+            self._silent_peers.clear()
+            return
+        now = time.monotonic()
+        limit = 2 * self.timing.election_ticks * self.timing.tick_ms / 1000
+        for peer in self.core.peers:
+            silent_for = now - self.peer_last_heard.get(peer, self._leader_since)
+            if silent_for > limit and peer not in self._silent_peers:
+                self._silent_peers.add(peer)
+                log.warning("peer %s looks down: nothing heard for %.1f s; replication to it "
+                            "is paused", peer, silent_for)
+            elif silent_for <= limit and peer in self._silent_peers:
+                self._silent_peers.discard(peer)
+                log.info("peer %s is back", peer)
+
     def _tick(self) -> None:
+        self._watch_peers()
         self.core.tick()
         if self.app is not None:
             self.app.on_tick()
@@ -166,8 +187,10 @@ class Runtime:
             # from someone else is dropped.
             self._reject_peer_message("message from %s claiming to be from %s", sender, msg.src)
             return
+        now = time.monotonic()
+        self.peer_last_heard[sender] = now
         if isinstance(msg, Heartbeat) and msg.term >= self.core.term:
-            self.last_leader_contact = time.monotonic()
+            self.last_leader_contact = now
         self.core.step(msg)
 
     def _reject_peer_message(self, fmt: str, *args: object) -> None:
@@ -292,6 +315,8 @@ class Runtime:
 
     def _role_changed(self, soft: SoftState) -> None:
         old, self._soft = self._soft, soft
+        if soft.role == Role.LEADER:
+            self._leader_since = time.monotonic()
         if old.role == Role.LEADER and soft.role != Role.LEADER:
             # Our uncommitted proposals may still commit under the next leader, or vanish:
             # tell their clients the outcome is unknown; they retry with the same request
