@@ -1,0 +1,869 @@
+"""zauction against PySyncObj on this machine, one command, one table with ratios.
+
+Both clusters run 3 node processes; the same load generator drives both through the same
+client protocol (PySyncObj nodes get a request server in front, see scripts/pso_node.py),
+the same operation ("bid if higher": every bid is a log entry, judged when applied) and the
+same client rules (pipelined DEALERs, one write in flight per client id, replies matched by
+rid, retries elsewhere on not_leader / unavailable / a dead node).
+
+Measured for each system:
+  peak        closed loop, --inflight client ids with one write each: committed ops/s
+  latency     closed loop, 1 in flight: p50 / p99
+  p99<10ms    open loop, bisection over rates below the peak: highest rate with p99 < 10 ms
+              (latency counted from the scheduled send time, so queueing is not hidden)
+  overload    open loop at 1.5x the measured peak: share of offered ops committed by the end
+              of the run plus a grace period
+  failover    kill -9 of the leader under moderate load (10 in flight), several times;
+              time from the kill to the first acknowledged op sent after the kill
+
+    python scripts/bench_compare.py --quick         # a few seconds per point (~3 min)
+    python scripts/bench_compare.py                 # the full run (~10 min)
+    python scripts/bench_compare.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import itertools
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+from hdrh.histogram import HdrHistogram
+from zmq.utils.monitor import recv_monitor_message
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from zauction.cluster import free_port_run, sigterm_as_interrupt, start_cluster  # noqa: E402
+
+CLIENT_KIND = b"C"
+RETRYABLE = frozenset({"not_leader", "unavailable", "outcome_unknown", "timeout"})
+RETRY_PAUSE_S = 0.01  # before retrying an op a node could not serve (no leader yet, ...)
+STOP_TIMEOUT_S = 5.0
+AUCTION_MS = 6 * 3600 * 1000  # the default auction must stay open for the whole run
+P99_TARGET_MS = 10.0
+SETTLED_MS = 500.0  # a lone write answered this fast: no backlog left from the last point
+
+
+class BenchError(Exception):
+    """A cluster did not start, elect or recover as the benchmark needs."""
+
+
+# --- node processes ------------------------------------------------------------------------
+
+
+@dataclass
+class NodeSet:
+    """The node processes of one cluster, by client address; everything is stopped by PID."""
+
+    name: str
+    root: Path
+    procs: dict[str, subprocess.Popen]
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @property
+    def servers(self) -> list[str]:
+        return list(self.procs)
+
+    def kill(self, addr: str) -> None:
+        """SIGKILL: a crash, nothing unsynced survives."""
+        proc = self.procs[addr]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def restart(self, addr: str) -> None:
+        """Start the same command again, on the same data directory."""
+        old = self.procs[addr]
+        log = self.root / f"{addr.replace(':', '_')}.log"
+        with open(log, "ab") as out:
+            self.procs[addr] = subprocess.Popen(old.args, stdin=subprocess.DEVNULL, stdout=out,
+                                                stderr=out, env=self.env, start_new_session=True)
+
+    def stop(self) -> None:
+        live = [p for p in self.procs.values() if p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in live:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def exited(self) -> list[str]:
+        return [a for a, p in self.procs.items() if p.poll() is not None]
+
+
+_next_port = [20000]  # clusters started together must not be handed the same free ports
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports, above any handed out before."""
+    base = free_port_run(count, start=_next_port[0])
+    _next_port[0] = base + count
+    return base
+
+
+def start_zauction(root: Path, nodes: int, durability: str = "always",
+                   name: str = "zauction") -> NodeSet:
+    handle = start_cluster(root, nodes=nodes, base_port=free_ports(nodes), host="127.0.0.1",
+                           auction_duration_ms=AUCTION_MS, durability=durability)
+    procs = {n.addr: handle.procs[n.pid] for n in handle.nodes}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return NodeSet(name, root, procs, env)
+
+
+def start_pso(root: Path, nodes: int, extra: list[str], name: str = "pysyncobj") -> NodeSet:
+    base = free_ports(2 * nodes)
+    raft = [f"127.0.0.1:{base + i}" for i in range(nodes)]
+    serve = [f"127.0.0.1:{base + nodes + i}" for i in range(nodes)]
+    script = str(ROOT / "scripts" / "pso_node.py")
+    procs: dict[str, subprocess.Popen] = {}
+    nodeset = NodeSet(name, root, procs)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        for i in range(nodes):
+            peers = ",".join(f"{raft[j]}={serve[j]}" for j in range(nodes) if j != i)
+            cmd = [sys.executable, script, "--raft", raft[i], "--serve", serve[i],
+                   "--peers", peers, "--data-dir", str(root / f"pso-{i}"), *extra]
+            with open(root / f"{serve[i].replace(':', '_')}.log", "ab") as out:
+                procs[serve[i]] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                                   stderr=out, start_new_session=True)
+    except OSError as exc:
+        nodeset.stop()
+        raise BenchError(f"cannot start a PySyncObj node: {exc}") from exc
+    return nodeset
+
+
+# --- status and leaders ---------------------------------------------------------------------
+
+
+def statuses(servers: list[str], timeout: float = 0.3) -> dict[str, dict]:
+    """Each answering node's own status (the `status` op both systems serve)."""
+    ctx = zmq.Context.instance()
+    socks = {}
+    for server in servers:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://{server}")
+        sock.send_multipart([CLIENT_KIND, msgpack.packb({"op": "status", "rid": 1})])
+        socks[server] = sock
+    found: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        for server, sock in socks.items():
+            if sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                reply = msgpack.unpackb(sock.recv_multipart()[-1])
+                if reply.get("ok"):
+                    found[server] = reply["result"]
+    finally:
+        for sock in socks.values():
+            sock.close(linger=0)
+    return found
+
+
+def agreed_leader(servers: list[str], quorum: int) -> str | None:
+    """The leader that at least `quorum` answering nodes name (itself included)."""
+    views = statuses(servers)
+    named = [s.get("leader") for s in views.values()]
+    for leader in set(named):
+        if leader and named.count(leader) >= quorum and views.get(leader, {}).get("role") == "leader":
+            return leader
+    return None
+
+
+def wait_leader(nodes: NodeSet, timeout: float, quorum: int | None = None) -> str:
+    need = quorum or len(nodes.servers) // 2 + 1
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if nodes.exited():
+            raise BenchError(f"{nodes.name}: node(s) {nodes.exited()} exited (logs in {nodes.root})")
+        leader = agreed_leader(nodes.servers, need)
+        if leader:
+            return leader
+        time.sleep(0.05)  # a bounded poll of remote state: there is no event to wait on
+    raise BenchError(f"{nodes.name}: no leader agreed by {need} nodes within {timeout:.0f}s")
+
+
+def current_leader(nodes: NodeSet, fallback: str) -> str:
+    views = statuses(nodes.servers)
+    leaders = [a for a, v in views.items() if v.get("role") == "leader"]
+    if not leaders:
+        return fallback
+    return max(leaders, key=lambda a: views[a].get("term") or 0)
+
+
+def wait_caught_up(nodes: NodeSet, addr: str, timeout: float) -> float:
+    """Wait until every node names the same leader and `addr` has applied its commit index."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        views = statuses(nodes.servers)
+        leaders = {v.get("leader") for v in views.values()}
+        if len(views) == len(nodes.servers) and len(leaders) == 1 and None not in leaders:
+            target = views[leaders.pop()].get("commit_index") or 0
+            if (views[addr].get("applied_index") or 0) >= target:
+                return time.monotonic() - started
+        time.sleep(0.05)  # a bounded poll of remote state
+    raise BenchError(f"{nodes.name}: {addr} did not rejoin and catch up within {timeout:.0f}s")
+
+
+# --- the load driver -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Op:
+    """One write: a bid from a client slot (client id + seq), retried with the same seq."""
+
+    slot: int
+    seq: int
+    amount: int
+    scheduled: float  # when it was due: latency counts from here
+    rid: int = 0
+    server: str = ""
+    attempts: int = 0
+
+
+class Conn:
+    """A DEALER to one node, plus a monitor that says at once when the node goes away."""
+
+    def __init__(self, ctx: zmq.Context, server: str):
+        self.server = server
+        self.sock = ctx.socket(zmq.DEALER)
+        for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, 0),
+                              (zmq.RCVHWM, 0), (zmq.RECONNECT_IVL, 50)):
+            self.sock.setsockopt(option, value)
+        self.monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self.sock.connect(f"tcp://{server}")
+        self.up = False
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
+
+
+Done = Callable[[Op, str, float], None]  # (op, outcome "ok"/"rejected"/"failed", now)
+
+
+class Driver:
+    """Many pipelined writes over one DEALER per node; a reply finds its op by rid."""
+
+    _amounts = itertools.count(1)  # bids rise over the whole run, so most are accepted
+
+    def __init__(self, servers: list[str], prefer: str, on_done: Done,
+                 attempt_timeout: float | None = None):
+        ctx = zmq.Context.instance()
+        self.conns = {s: Conn(ctx, s) for s in servers}
+        self.order = list(servers)
+        self.prefer = prefer
+        self.on_done = on_done
+        self.attempt_timeout = attempt_timeout
+        self.tag = uuid.uuid4().hex[:8]
+        self.seqs: list[int] = []
+        self.pending: dict[int, Op] = {}  # rid -> op
+        self.timeouts: deque[tuple[float, int]] = deque()  # (deadline, rid), in send order
+        self.retries: list[tuple[float, int, Op]] = []  # heap of (due, tiebreak, op)
+        self._rids = itertools.count(1)
+        self._ties = itertools.count()
+        self.poller = zmq.Poller()
+        for conn in self.conns.values():
+            self.poller.register(conn.sock, zmq.POLLIN)
+            self.poller.register(conn.monitor, zmq.POLLIN)
+        self._by_sock = {c.sock: c for c in self.conns.values()}
+        self._by_monitor = {c.monitor: c for c in self.conns.values()}
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+
+    def wait_connected(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(c.up for c in self.conns.values()) and time.monotonic() < deadline:
+            self.step(0.01)
+
+    # --- submitting -------------------------------------------------------------------
+
+    def new_slot(self) -> int:
+        self.seqs.append(0)
+        return len(self.seqs) - 1
+
+    def submit(self, slot: int, scheduled: float) -> Op:
+        self.seqs[slot] += 1
+        op = Op(slot, self.seqs[slot], next(self._amounts), scheduled)
+        self._send(op, self.prefer)
+        return op
+
+    def _send(self, op: Op, server: str) -> None:
+        for candidate in self._rotation(server):
+            conn = self.conns[candidate]
+            op.rid, op.server = next(self._rids), candidate
+            body = {"op": "bid", "rid": op.rid, "client": f"{self.tag}-{op.slot}",
+                    "seq": op.seq, "auction": "default", "bidder": f"b{op.slot}",
+                    "amount": op.amount}
+            try:
+                conn.sock.send_multipart([CLIENT_KIND, msgpack.packb(body)], zmq.NOBLOCK)
+            except zmq.Again:  # IMMEDIATE: no connection to that node right now
+                continue
+            op.attempts += 1
+            self.pending[op.rid] = op
+            if self.attempt_timeout is not None:
+                self.timeouts.append((time.monotonic() + self.attempt_timeout, op.rid))
+            return
+        self._retry_later(op, server, RETRY_PAUSE_S)  # no node reachable at all
+
+    def _rotation(self, first: str) -> list[str]:
+        i = self.order.index(first)
+        return self.order[i:] + self.order[:i]
+
+    def _next_after(self, server: str) -> str:
+        return self.order[(self.order.index(server) + 1) % len(self.order)]
+
+    def _retry_later(self, op: Op, server: str, delay: float) -> None:
+        heapq.heappush(self.retries, (time.monotonic() + delay, next(self._ties), op))
+        op.server = server
+
+    # --- progress ---------------------------------------------------------------------
+
+    def step(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for replies, then handle everything that is due."""
+        wait_ms = max(0, int(timeout * 1000))
+        if self.retries:
+            wait_ms = min(wait_ms, max(0, int((self.retries[0][0] - time.monotonic()) * 1000)))
+        for sock, _ in self.poller.poll(wait_ms):
+            if sock in self._by_sock:
+                self._read_replies(self._by_sock[sock])
+            else:
+                self._read_monitor(self._by_monitor[sock])
+        self._expire_attempts()
+        self._send_due_retries()
+
+    def _read_replies(self, conn: Conn) -> None:
+        while True:
+            try:
+                frames = conn.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reply = msgpack.unpackb(frames[-1])
+            rid = reply.get("rid", 0)
+            if rid == 0 and reply.get("error") in RETRYABLE:
+                # A node that gives up on requests it forwarded (its leader changed or did
+                # not answer) may say so with rid 0: retry everything waiting there.
+                self._reroute_from(conn.server, reply.get("leader"))
+            op = self.pending.pop(rid, None)
+            if op is not None:
+                self._judge(op, reply)
+
+    def _judge(self, op: Op, reply: dict) -> None:
+        now = time.monotonic()
+        if reply.get("ok"):
+            self.on_done(op, "ok", now)
+            return
+        code = reply.get("error")
+        if code == "rejected":
+            self.on_done(op, "rejected", now)
+        elif code in RETRYABLE:
+            hint = reply.get("leader")
+            if hint in self.conns and hint != op.server:
+                self.prefer = hint
+                self._retry_later(op, hint, 0.0)
+            else:
+                self.prefer = self._next_after(op.server)
+                self._retry_later(op, self.prefer, RETRY_PAUSE_S)
+        else:
+            self.on_done(op, "failed", now)
+
+    def _read_monitor(self, conn: Conn) -> None:
+        while conn.monitor.poll(0):
+            event = recv_monitor_message(conn.monitor)["event"]
+            conn.up = event == zmq.EVENT_CONNECTED
+            if not conn.up:
+                self._reroute_from(conn.server)
+
+    def _reroute_from(self, server: str, hint: str | None = None) -> None:
+        """What waits at `server` will not be answered: send it elsewhere now (same seq)."""
+        target = hint if hint in self.conns and hint != server else self._next_after(server)
+        if self.prefer == server:
+            self.prefer = target
+        lost = [rid for rid, op in self.pending.items() if op.server == server]
+        for rid in lost:
+            self._retry_later(self.pending.pop(rid), target, 0.0)
+
+    def _expire_attempts(self) -> None:
+        now = time.monotonic()
+        while self.timeouts and self.timeouts[0][0] <= now:
+            _, rid = self.timeouts.popleft()
+            op = self.pending.pop(rid, None)
+            if op is not None:
+                self.prefer = self._next_after(op.server)
+                self._send(op, self.prefer)
+
+    def _send_due_retries(self) -> None:
+        now = time.monotonic()
+        while self.retries and self.retries[0][0] <= now:
+            _, _, op = heapq.heappop(self.retries)
+            self._send(op, op.server)
+
+
+# --- recording -------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Outcomes and latencies (microseconds) of the ops that count for one measurement."""
+
+    def __init__(self) -> None:
+        self.hist = HdrHistogram(1, 120_000_000, 3)
+        self.outcomes = {"ok": 0, "rejected": 0, "failed": 0}
+
+    def add(self, outcome: str, latency_s: float) -> None:
+        self.outcomes[outcome] += 1
+        if outcome != "failed":
+            self.hist.record_value(max(1, int(latency_s * 1e6)))
+
+    @property
+    def committed(self) -> int:
+        return self.outcomes["ok"] + self.outcomes["rejected"]
+
+    def ms(self, percentile: float) -> float:
+        if self.hist.get_total_count() == 0:
+            return float("nan")
+        return self.hist.get_value_at_percentile(percentile) / 1000.0
+
+
+@contextmanager
+def driving(servers: list[str], prefer: str, on_done: Done,
+            attempt_timeout: float | None) -> Iterator[Driver]:
+    driver = Driver(servers, prefer, on_done, attempt_timeout)
+    try:
+        driver.wait_connected(2.0)
+        yield driver
+    finally:
+        driver.close()
+
+
+def closed_loop(servers: list[str], leader: str, inflight: int, seconds: float,
+                warmup: float) -> dict:
+    """`inflight` client ids, each sending its next write as soon as the last is answered."""
+    rec = Recorder()
+    window: list[float] = []
+
+    def done(op: Op, outcome: str, now: float) -> None:
+        if window[0] <= now <= window[1]:
+            rec.add(outcome, now - op.scheduled)
+        if now < window[1]:
+            driver.submit(op.slot, now)
+
+    with driving(servers, leader, done, attempt_timeout=1.0) as driver:
+        start = time.monotonic()
+        window.extend([start + warmup, start + warmup + seconds])
+        for _ in range(inflight):
+            driver.submit(driver.new_slot(), start)
+        while time.monotonic() < window[1]:
+            driver.step(0.05)
+    return {"ops_s": rec.committed / seconds, "p50_ms": rec.ms(50), "p99_ms": rec.ms(99),
+            "p999_ms": rec.ms(99.9), "max_ms": rec.ms(100), **rec.outcomes}
+
+
+def open_loop(servers: list[str], leader: str, rate: float, seconds: float, warmup: float,
+              grace: float) -> dict:
+    """Writes due at a fixed rate whatever the answers; latency from when each was due."""
+    rec = Recorder()
+    free: list[int] = []
+    measured_from = [0.0]
+
+    def done(op: Op, outcome: str, now: float) -> None:
+        free.append(op.slot)
+        if op.scheduled >= measured_from[0]:
+            rec.add(outcome, now - op.scheduled)
+
+    with driving(servers, leader, done, attempt_timeout=None) as driver:
+        start = time.monotonic()
+        measured_from[0] = start + warmup
+        offered = _offer(driver, free, start, rate, warmup + seconds, measured_from[0])
+        end = start + warmup + seconds + grace
+        while driver.pending or driver.retries:
+            if time.monotonic() >= end:
+                break
+            driver.step(0.02)
+        unfinished = [op for op in driver.pending.values() if op.scheduled >= measured_from[0]]
+        unfinished += [op for _, _, op in driver.retries if op.scheduled >= measured_from[0]]
+        for op in unfinished:  # still waiting: at least this late
+            rec.hist.record_value(max(1, int((end - op.scheduled) * 1e6)))
+    return {"rate": rate, "offered": offered, "committed": rec.committed,
+            "share": rec.committed / offered if offered else float("nan"),
+            "p50_ms": rec.ms(50), "p99_ms": rec.ms(99), "unfinished": len(unfinished),
+            **rec.outcomes}
+
+
+def _offer(driver: Driver, free: list[int], start: float, rate: float, span: float,
+           counted_from: float) -> int:
+    """Submit a write every 1/rate s from `start` for `span` s; returns how many were due
+    at or after `counted_from` (the ones that count)."""
+    interval, end = 1.0 / rate, start + span
+    due, offered = start, 0
+    while (now := time.monotonic()) < end:
+        while due <= now and due < end:
+            driver.submit(free.pop() if free else driver.new_slot(), due)
+            offered += due >= counted_from
+            due += interval
+        driver.step(min(max(0.0, due - time.monotonic()), 0.005))
+    return offered
+
+
+# --- phases ------------------------------------------------------------------------------------
+
+
+def settle(nodes: NodeSet, timeout: float = 30.0) -> str:
+    """Wait for a leader and until a lone write is answered quickly (no backlog left)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leader = wait_leader(nodes, max(1.0, deadline - time.monotonic()))
+        probe = closed_loop(nodes.servers, leader, 1, 0.3, 0.0)
+        if probe["ok"] + probe["rejected"] > 0 and probe["max_ms"] < SETTLED_MS:
+            return leader
+    raise BenchError(f"{nodes.name}: writes still slow or failing after {timeout:.0f}s")
+
+
+def failover_round(nodes: NodeSet, inflight: int, warmup: float, limit: float) -> float | None:
+    """Kill -9 the leader under load; seconds until an op sent after the kill is answered."""
+    leader = settle(nodes)
+    killed_at, first_ack, before = [float("inf")], [], [0]
+
+    def done(op: Op, outcome: str, now: float) -> None:
+        if outcome != "failed":
+            before[0] += now < killed_at[0]
+            if op.scheduled >= killed_at[0] and not first_ack:
+                first_ack.append(now)
+        driver.submit(op.slot, now)
+
+    with driving(nodes.servers, leader, done, attempt_timeout=1.0) as driver:
+        for _ in range(inflight):
+            driver.submit(driver.new_slot(), time.monotonic())
+        _run_for(driver, warmup)
+        if before[0] == 0:
+            raise BenchError(f"{nodes.name}: no write answered before the kill")
+        leader = current_leader(nodes, leader)  # it may have changed during the warmup
+        killed_at[0] = time.monotonic()
+        nodes.kill(leader)
+        while not first_ack and time.monotonic() < killed_at[0] + limit:
+            driver.step(0.01)
+    nodes.restart(leader)
+    wait_caught_up(nodes, leader, 30.0)
+    return first_ack[0] - killed_at[0] if first_ack else None
+
+
+def _run_for(driver: Driver, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        driver.step(0.02)
+
+
+class RateSearch:
+    """Bisection over open-loop rates in (0, peak]: the highest rate seen with p99 < target."""
+
+    def __init__(self, peak: float):
+        self.lo, self.hi, self.best = 0.0, peak, 0.0
+        self.rate = peak / 2
+        self.points: list[dict] = []
+
+    def record(self, point: dict) -> None:
+        self.points.append(point)
+        if point["p99_ms"] < P99_TARGET_MS:
+            self.best, self.lo = max(self.best, self.rate), self.rate
+        else:
+            self.hi = self.rate
+        self.rate = max(10.0, (self.lo + self.hi) / 2)
+
+
+# --- the plan: every phase interleaves the systems, so background load hits all alike ----
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    seconds: float  # measured time per closed-loop and overload point
+    search_seconds: float  # measured time per point of the p99 search
+    warmup: float  # unmeasured time before each point
+    runs: int  # repeats of the peak and 1-in-flight points (medians reported)
+    search_steps: int
+    kills: int
+    inflight: int
+    grace: float = 2.0  # open loop: how long answers are awaited after the last op was due
+    failover_inflight: int = 10
+    failover_limit: float = 20.0
+
+
+QUICK = Plan(seconds=3.0, search_seconds=2.0, warmup=1.0, runs=1, search_steps=4, kills=3,
+             inflight=128)
+FULL = Plan(seconds=8.0, search_seconds=5.0, warmup=1.0, runs=3, search_steps=5, kills=5,
+            inflight=128)
+
+Say = Callable[[str], None]
+Results = dict[str, dict[str, Any]]  # system name -> numbers
+
+
+def measure_all(clusters: dict[str, NodeSet], plan: Plan, phases: set[str], say: Say) -> Results:
+    res: Results = {name: {"system": name} for name in clusters}
+    if "peak" in phases:
+        _closed_points(clusters, res, plan, plan.inflight, "peak", say)
+        if "zauction" in clusters:
+            _loadgen_crosscheck(clusters["zauction"], res["zauction"], plan, say)
+    if "latency" in phases:
+        _closed_points(clusters, res, plan, 1, "latency", say)
+    if "search" in phases and all("peak" in r for r in res.values()):
+        _search(clusters, res, plan, say)
+    if "overload" in phases and all("peak" in r for r in res.values()):
+        for name, nodes in clusters.items():
+            point = open_loop(nodes.servers, settle(nodes), 1.5 * res[name]["peak"],
+                              plan.seconds, plan.warmup, plan.grace)
+            res[name]["overload"] = point
+            say(f"{name}: 1.5x peak ({point['rate']:.0f}/s) -> {point['share']:.1%} committed, "
+                f"p99 {point['p99_ms']:.0f} ms")
+    if "failover" in phases:
+        _failovers(clusters, res, plan, say)
+    return res
+
+
+def _closed_points(clusters: dict[str, NodeSet], res: Results, plan: Plan, inflight: int,
+                   what: str, say: Say) -> None:
+    for _ in range(plan.runs):
+        for name, nodes in clusters.items():
+            run = closed_loop(nodes.servers, settle(nodes), inflight, plan.seconds, plan.warmup)
+            say(f"{name}: {what} ({inflight} in flight): {run['ops_s']:.0f} ops/s, "
+                f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, failed {run['failed']}")
+            runs = res[name].setdefault(f"{what}_runs", [])
+            runs.append(run)
+            if what == "peak":
+                res[name]["peak"] = statistics.median(r["ops_s"] for r in runs)
+            else:
+                res[name]["p50_ms"] = statistics.median(r["p50_ms"] for r in runs)
+                res[name]["p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
+
+
+def _loadgen_crosscheck(nodes: NodeSet, res: dict, plan: Plan, say: Say) -> None:
+    """zauction's own load generator at the same concurrency: a check on our driver."""
+    from zauction.loadgen import run_load
+
+    settle(nodes)
+    got = run_load(nodes.servers, bidders=plan.inflight, concurrency=plan.inflight,
+                   duration_s=plan.seconds)
+    res["loadgen_peak"] = got.throughput
+    say(f"zauction: loadgen run_load cross-check: {got.throughput:.0f} ops/s, "
+        f"p50 {got.latency_ms['p50']:.2f} ms, p99 {got.latency_ms['p99']:.2f} ms")
+
+
+def _search(clusters: dict[str, NodeSet], res: Results, plan: Plan, say: Say) -> None:
+    searches = {name: RateSearch(res[name]["peak"]) for name in clusters}
+    for _ in range(plan.search_steps):
+        for name, nodes in clusters.items():
+            search = searches[name]
+            point = open_loop(nodes.servers, settle(nodes), search.rate, plan.search_seconds,
+                              plan.warmup, 1.0)
+            say(f"{name}: open loop {search.rate:.0f}/s: p50 {point['p50_ms']:.2f} ms, "
+                f"p99 {point['p99_ms']:.2f} ms")
+            search.record(point)
+    for name, search in searches.items():
+        res[name]["p99_rate"], res[name]["search"] = search.best, search.points
+
+
+def _failovers(clusters: dict[str, NodeSet], res: Results, plan: Plan, say: Say) -> None:
+    for i in range(plan.kills):
+        for name, nodes in clusters.items():
+            took = failover_round(nodes, plan.failover_inflight, plan.warmup,
+                                  plan.failover_limit)
+            res[name].setdefault("failover_s", []).append(took)
+            shown = f"{took * 1000:.0f} ms" if took is not None else "no answer in time"
+            say(f"{name}: failover {i + 1}/{plan.kills}: {shown}")
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+NAN = float("nan")
+
+
+def failover_stat(result: dict, stat: Callable[[list[float]], float]) -> float:
+    times = [t for t in result.get("failover_s", []) if t is not None]
+    return stat(times) * 1000 if times else NAN
+
+
+ROWS: list[tuple[str, Callable[[dict], float], bool]] = [  # label, value, higher is better
+    ("peak committed ops/s ({inflight} in flight)", lambda r: r.get("peak", NAN), True),
+    ("latency p50 at 1 in flight, ms", lambda r: r.get("p50_ms", NAN), False),
+    ("latency p99 at 1 in flight, ms", lambda r: r.get("p99_ms", NAN), False),
+    (f"max offered ops/s with p99 < {P99_TARGET_MS:g} ms", lambda r: r.get("p99_rate", NAN), True),
+    ("committed at 1.5x peak, % of offered",
+     lambda r: 100 * r["overload"]["share"] if "overload" in r else NAN, True),
+    ("p99 at 1.5x peak, ms", lambda r: r["overload"]["p99_ms"] if "overload" in r else NAN, False),
+    ("failover median, ms", lambda r: failover_stat(r, statistics.median), False),
+    ("failover max, ms", lambda r: failover_stat(r, max), False),
+]
+
+
+def _fmt(value: float) -> str:
+    if value != value:  # NaN: not measured
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def _best(values: list[float], higher: bool) -> float:
+    known = [v for v in values if v == v]
+    if not known:
+        return NAN
+    return max(known) if higher else min(known)
+
+
+def table(res: Results, plan: Plan) -> str:
+    """One row per metric: zauction, each PySyncObj configuration, zauction / best of those."""
+    names = list(res)
+    ours, theirs = names[0], names[1:]
+    head = f"{'metric':<42}" + "".join(f"{n:>13}" for n in names) + f"{'z/best pso':>12}  better"
+    lines = [head, "-" * len(head)]
+    for label, value, higher in ROWS:
+        values = {n: value(res[n]) for n in names}
+        a, b = values[ours], _best([values[n] for n in theirs], higher)
+        ratio = a / b if b and a == a and b == b else NAN
+        better = "" if ratio != ratio or a == b else ("zauction" if (a > b) == higher
+                                                      else "pysyncobj")
+        lines.append(f"{label.format(inflight=plan.inflight):<42}"
+                     + "".join(f"{_fmt(values[n]):>13}" for n in names)
+                     + f"{(f'{ratio:.2f}x' if ratio == ratio else '-'):>12}  {better}")
+    return "\n".join(lines)
+
+
+def details(result: dict) -> list[str]:
+    name, out = result["system"], []
+    for key in ("peak_runs", "latency_runs"):
+        if result.get(key):
+            out.append(f"{name} {key}: " + "; ".join(
+                f"{r['ops_s']:.0f} ops/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms"
+                for r in result[key]))
+    if "loadgen_peak" in result:
+        out.append(f"{name} peak by zauction.loadgen.run_load (cross-check, no warmup): "
+                   f"{result['loadgen_peak']:.0f} ops/s")
+    if result.get("search"):
+        out.append(f"{name} p99 search: " + "; ".join(
+            f"{p['rate']:.0f}/s p99 {p['p99_ms']:.2f} ms" for p in result["search"]))
+    if "overload" in result:
+        o = result["overload"]
+        out.append(f"{name} 1.5x peak: offered {o['offered']} at {o['rate']:.0f}/s, committed "
+                   f"{o['committed']}, unfinished {o['unfinished']}, failed {o['failed']}")
+    if "failover_s" in result:
+        out.append(f"{name} failovers, ms: " + ", ".join(
+            "none" if t is None else f"{t * 1000:.0f}" for t in result["failover_s"]))
+    return out
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+PHASES = ("peak", "latency", "search", "overload", "failover")
+# PySyncObj's two best configurations (see the report): batching with a short append period
+# for throughput, and appendEntriesUseBatch=False (every command sent at once) for latency.
+PSO_BATCH = "--append-period=0.02 --tick-period=0.005"
+PSO_NOBATCH = "--no-batch"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few seconds per point")
+    p.add_argument("--phases", default=",".join(PHASES), help="subset of " + ",".join(PHASES))
+    p.add_argument("--durability", default="always", choices=("always", "batch", "off"),
+                   help="zauction's fsync policy (default always: fsync per batch)")
+    p.add_argument("--pso-batch", default=PSO_BATCH, help="pso_node.py flags, batching config")
+    p.add_argument("--pso-nobatch", default=PSO_NOBATCH, help="pso_node.py flags, latency config")
+    p.add_argument("--inflight", type=int, default=None, help="client ids for the peak")
+    p.add_argument("--json", type=Path, default=None, help="also write every number here")
+    p.add_argument("--keep", action="store_true", help="keep the data directories and logs")
+    return p.parse_args(argv)
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def starters(args: argparse.Namespace, base: Path) -> dict[str, Callable[[], NodeSet]]:
+    return {
+        "zauction": lambda: start_zauction(base / "zauction", 3, args.durability),
+        "pso-batch": lambda: start_pso(base / "pso-batch", 3, args.pso_batch.split(),
+                                       "pso-batch"),
+        "pso-nobatch": lambda: start_pso(base / "pso-nobatch", 3, args.pso_nobatch.split(),
+                                         "pso-nobatch"),
+    }
+
+
+def run(args: argparse.Namespace, plan: Plan, base: Path) -> Results:
+    """Start every cluster, measure them in turn, and stop every node in any case."""
+    clusters: dict[str, NodeSet] = {}
+    try:
+        for name, start in starters(args, base).items():
+            clusters[name] = start()
+            say(f"{name}: started {', '.join(clusters[name].servers)}")
+        for nodes in clusters.values():
+            wait_leader(nodes, 60.0)
+        return measure_all(clusters, plan, set(args.phases.split(",")), say)
+    finally:
+        for nodes in clusters.values():
+            nodes.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.inflight:
+        plan = dataclasses.replace(plan, inflight=args.inflight)
+    base = Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    load_before = os.getloadavg()
+    try:
+        with sigterm_as_interrupt():
+            res = run(args, plan, base)
+    except KeyboardInterrupt:
+        say("interrupted: every node started was stopped")
+        return 130
+    except BenchError as exc:
+        say(f"error: {exc}")
+        return 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    print(report(res, plan, args, load_before))
+    if args.json:
+        doc = {"plan": dataclasses.asdict(plan), "args": vars(args), "results": res}
+        args.json.write_text(json.dumps(doc, indent=2, default=str))
+    return 0
+
+
+def report(res: Results, plan: Plan, args: argparse.Namespace,
+           load_before: tuple[float, float, float]) -> str:
+    mode = "quick" if args.quick else "full"
+    lines = [
+        f"zauction: 3 nodes, durability={args.durability}.  PySyncObj 0.3.17: 3 nodes, journal "
+        f"file, pso-batch = [{args.pso_batch}], pso-nobatch = [{args.pso_nobatch}].",
+        f"{mode} run: {plan.seconds:g} s per point ({plan.search_seconds:g} s in the p99 search), "
+        f"medians of {plan.runs} run(s), {plan.kills} kills each; {os.cpu_count()} CPUs, "
+        f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after.",
+        "", table(res, plan), ""]
+    for result in res.values():
+        lines += details(result)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
