@@ -56,7 +56,8 @@ class Service:
         self.runtime = runtime
         self.state = state
         self.status = status
-        self._forwards: dict[int, tuple[Respond, float, str]] = {}  # fid -> (respond, deadline, to)
+        # fid -> (respond, deadline, leader it went to, the client's rid)
+        self._forwards: dict[int, tuple[Respond, float, str, int]] = {}
         self._fids = count(1)
         self.bad_requests = 0
 
@@ -87,18 +88,18 @@ class Service:
 
     def expire_forwards(self) -> None:
         now = time.monotonic()
-        for fid, (respond, deadline, _) in list(self._forwards.items()):
+        for fid, (respond, deadline, _, rid) in list(self._forwards.items()):
             if deadline <= now:
                 del self._forwards[fid]
-                respond(error_reply(0, ErrorCode.TIMEOUT, "the leader did not answer in time"))
+                respond(error_reply(rid, ErrorCode.TIMEOUT, "the leader did not answer in time"))
 
     def leader_changed(self, leader: str | None) -> None:
         """Requests forwarded to a former leader will likely never be answered: tell their
         clients now (outcome unknown), so they retry at once instead of timing out."""
-        for fid, (respond, _, to) in list(self._forwards.items()):
+        for fid, (respond, _, to, rid) in list(self._forwards.items()):
             if to != leader:
                 del self._forwards[fid]
-                respond(error_reply(0, ErrorCode.OUTCOME_UNKNOWN,
+                respond(error_reply(rid, ErrorCode.OUTCOME_UNKNOWN,
                                     f"leader changed from {to} while forwarding", leader=leader))
 
     # --- one request -----------------------------------------------------------------------
@@ -134,17 +135,17 @@ class Service:
             code = ErrorCode.NOT_LEADER if leader else ErrorCode.UNAVAILABLE
             respond(error_reply(req.rid, code, "no leader known here", leader=leader))
             return
-        self._forward(leader, payload, respond)
+        self._forward(leader, payload, respond, req.rid)
 
     # --- forwarding ------------------------------------------------------------------------
 
-    def _forward(self, leader: str, payload: bytes, respond: Respond) -> None:
+    def _forward(self, leader: str, payload: bytes, respond: Respond, rid: int) -> None:
         fid = next(self._fids)
-        self._forwards[fid] = (respond, time.monotonic() + FORWARD_TIMEOUT_S, leader)
+        self._forwards[fid] = (respond, time.monotonic() + FORWARD_TIMEOUT_S, leader, rid)
         sent = self.runtime.transport.send(leader, FORWARD_KIND, pack({"fid": fid, "req": payload}))
         if not sent:
             del self._forwards[fid]
-            respond(error_reply(rid_of(payload), ErrorCode.UNAVAILABLE, "leader unreachable"))
+            respond(error_reply(rid, ErrorCode.UNAVAILABLE, "leader unreachable"))
 
     def _on_forwarded(self, event: FromRouter) -> None:
         try:
