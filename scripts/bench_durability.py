@@ -1,0 +1,510 @@
+"""Durability benchmark: millions of bids into a local cluster with snapshots on.
+
+A benchmark, not a test. It starts `python -m zauction node` processes on free ports, drives
+bids with a pipelined client (one DEALER to the leader, `--window` client ids with one write in
+flight each, replies matched by rid) and, at each milestone of committed bids, prints:
+
+  * disk bytes of every data directory and RSS of every node (VmRSS from /proc/<pid>/status);
+  * the restart time from the latest snapshot: kill -9 every node, start them again, time until
+    a leader is agreed and every node has applied == commit == last index (the tail after the
+    snapshot is replayed too), and check that no acknowledged bid is missing;
+  * committed bids/s since the previous milestone.
+
+Bids go to auctions that close on their own (`--auction-duration`): when a bid comes back
+`auction_closed` the next auction is opened, so memory can be watched as auctions end.
+Before that, a comparison phase drives `--compare-bids` into fresh clusters with durability
+always, batch and off (same node count) and prints committed bids/s for each.
+
+    python scripts/bench_durability.py --nodes 1 --milestones 1000000,5000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import zmq
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from brokerless.wire import pack  # noqa: E402
+from zauction.client import AuctionClient, endpoint  # noqa: E402
+from zauction.protocol import CLIENT_KIND, ErrorCode, decode_reply  # noqa: E402
+
+READY_DEADLINE_S = 600.0  # a restart on 10M bids restores a large snapshot
+STALL_DEADLINE_S = 120.0  # no reply at all for this long: the run is broken
+RETRYABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.OUTCOME_UNKNOWN, ErrorCode.TIMEOUT})
+
+
+class BenchError(Exception):
+    """The cluster did not do what the benchmark needs (no leader, a stall, a lost bid)."""
+
+
+# --- a local cluster of node processes -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BenchNode:
+    addr: str
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class LocalCluster:
+    """N nodes on free ports under `root`; every process is ended by PID in `stop()`."""
+
+    def __init__(self, root: Path, size: int, durability: str, snapshot_every: int):
+        self.root, self.durability, self.snapshot_every = root, durability, snapshot_every
+        addrs = [f"127.0.0.1:{port}" for port in free_ports(size)]
+        self.nodes = [BenchNode(a, root / f"node{i}", root / f"node{i}.log")
+                      for i, a in enumerate(addrs)]
+
+    @property
+    def servers(self) -> list[str]:
+        return [n.addr for n in self.nodes]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.data_dir.mkdir(parents=True, exist_ok=True)
+            peers = ",".join(n.addr for n in self.nodes if n is not node)
+            cmd = [sys.executable, "-m", "zauction", "node", "--addr", node.addr,
+                   "--peers", peers, "--data-dir", str(node.data_dir),
+                   "--durability", self.durability, "--snapshot-every", str(self.snapshot_every),
+                   "--auction-duration", "1h", "--log-level", "INFO"]
+            with open(node.log_path, "ab") as log:
+                node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, cwd=REPO)
+
+    def kill_all(self) -> None:
+        """kill -9 every node and the snapshot child it may have forked (a machine crash
+        takes both; an orphan child would hold the store's lock until it is done)."""
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                children = _child_pids(node.proc.pid)
+                os.kill(node.proc.pid, signal.SIGKILL)
+                node.proc.wait()
+                for pid in children:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+
+    def stop(self) -> None:
+        running = [n.proc for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        for proc in running:
+            os.kill(proc.pid, signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def statuses(self) -> list[dict]:
+        with AuctionClient(self.servers, attempt_timeout=0.5) as client:
+            return client.status()
+
+    def wait_settled(self, deadline_s: float = READY_DEADLINE_S) -> str:
+        """Until one leader is agreed and every node applied == commit == last index."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            for node in self.nodes:
+                if node.proc is None or node.proc.poll() is not None:
+                    raise BenchError(f"{node.addr} exited; see {node.log_path}")
+            leader = _settled_leader(self.statuses())
+            if leader is not None:
+                return leader
+            time.sleep(0.05)  # polling a condition with a deadline
+        raise BenchError(f"the cluster did not settle within {deadline_s:.0f}s")
+
+    def find_leader(self, deadline_s: float = 30.0) -> str:
+        """The node that says it leads (under load: the nodes need not have settled)."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            leaders = [s["addr"] for s in self.statuses() if s.get("role") == "leader"]
+            if len(leaders) == 1:
+                return leaders[0]
+            time.sleep(0.05)  # polling a condition with a deadline
+        raise BenchError(f"no leader within {deadline_s:.0f}s")
+
+    def rss_bytes(self) -> list[int]:
+        return [_vm_rss(n.proc.pid) if n.proc else 0 for n in self.nodes]
+
+    def disk_bytes(self) -> list[int]:
+        return [sum(f.stat().st_size for f in n.data_dir.iterdir() if f.is_file())
+                for n in self.nodes]
+
+
+def _settled_leader(statuses: list[dict]) -> str | None:
+    leaders = {s.get("leader") for s in statuses}
+    if len(leaders) != 1 or None in leaders:
+        return None
+    if any(s.get("role") == "unreachable" for s in statuses):
+        return None
+    if any(not s["applied_index"] == s["commit_index"] == s["last_index"] for s in statuses):
+        return None
+    if len({s["last_index"] for s in statuses}) != 1:
+        return None
+    return leaders.pop()
+
+
+def _child_pids(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _vm_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# --- the pipelined client ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Tally:
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    retried: int = 0
+
+    @property
+    def committed(self) -> int:
+        """Bids the cluster judged: accepted or rejected, each one a committed log entry."""
+        return self.accepted + sum(self.rejected.values())
+
+
+class Pipeline:
+    """One DEALER to the leader; `window` client ids, each with one write in flight.
+
+    When the leader answers not_leader (it lost an election), `moved` is set; the caller finds
+    the new leader and calls `reconnect`, which resends every write in flight with its own
+    (client, seq): one that was already applied gets its stored reply, not a second bid."""
+
+    def __init__(self, ctx: zmq.Context, leader: str, window: int, prefix: str):
+        self.ctx = ctx
+        self.sock = self._connect(leader)
+        self.clients = [f"{prefix}-{i}" for i in range(window)]
+        self.seqs = [0] * window
+        self.idle = list(range(window))
+        self.in_flight: dict[int, tuple[int, dict]] = {}  # rid -> (client index, request)
+        self.rids = itertools.count(1)
+        self.moved = False
+
+    def _connect(self, leader: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block: the window bounds the queue
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(endpoint(leader))
+        return sock
+
+    def reconnect(self, leader: str, tally: Tally) -> None:
+        self.sock.close(linger=0)
+        self.sock, self.moved = self._connect(leader), False
+        pending = list(self.in_flight.values())
+        self.in_flight.clear()
+        for client, request in pending:
+            tally.retried += 1
+            self._send(client, request)
+
+    def send_bid(self, auction: str, amount: int) -> None:
+        client = self.idle.pop()
+        self.seqs[client] += 1
+        name = self.clients[client]
+        self._send(client, {"op": "bid", "client": name, "seq": self.seqs[client],
+                            "auction": auction, "bidder": name, "amount": amount})
+
+    def _send(self, client: int, request: dict) -> None:
+        rid = next(self.rids)
+        self.in_flight[rid] = (client, request)
+        self.sock.send_multipart([CLIENT_KIND, pack({**request, "rid": rid})])
+
+    def replies(self, timeout_ms: int, tally: Tally) -> list[dict]:
+        """Judged bids' replies; a retryable error is resent with the same (client, seq)."""
+        judged = []
+        if not self.sock.poll(timeout_ms):
+            return judged
+        while self.sock.poll(0):
+            _, payload = self.sock.recv_multipart()
+            reply = decode_reply(payload)
+            client, request = self.in_flight.pop(reply.get("rid"), (None, None))
+            if client is None:
+                continue
+            if _judged(reply):
+                self.idle.append(client)
+                judged.append(reply)
+            elif reply.get("error") in RETRYABLE:
+                tally.retried += 1
+                self._send(client, request)
+            elif reply.get("error") == ErrorCode.NOT_LEADER:
+                self.in_flight[next(self.rids)] = (client, request)  # resent by reconnect()
+                self.moved = True
+            else:
+                raise BenchError(f"the leader refused a bid: {reply}")
+        return judged
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def _judged(reply: dict) -> bool:
+    return reply["ok"] or reply.get("error") == ErrorCode.REJECTED
+
+
+class Auctions:
+    """Bids go to one auction at a time; once it closed (a bid says so) the next one opens."""
+
+    def __init__(self, servers: list[str], duration_ms: int):
+        self.servers, self.duration_ms = servers, duration_ms
+        self.number, self.amount, self.current = 0, 0, ""
+        self.opened: list[str] = []
+        self.open_next()
+
+    def open_next(self) -> None:
+        self.number += 1
+        self.current, self.amount = f"bench-{self.number}", 0
+        with AuctionClient(self.servers, timeout=60) as client:
+            client.open_auction(self.current, duration_ms=self.duration_ms)
+        self.opened.append(self.current)
+
+    def next_bid(self) -> tuple[str, int]:
+        self.amount += 1
+        return self.current, self.amount
+
+    def observe(self, reply: dict) -> None:
+        closed = reply.get("reason") == "auction_closed"
+        if closed and (reply.get("result") or {}).get("auction") == self.current:
+            self.open_next()
+
+
+def drive(pipe: Pipeline, auctions: Auctions, tally: Tally, until: int,
+          find_leader: Callable[[], str]) -> None:
+    """Bid until `until` bids were judged in all (accepted or rejected)."""
+    sent = tally.committed + len(pipe.in_flight)
+    last_reply = time.monotonic()
+    while tally.committed < until:
+        if pipe.moved:
+            pipe.reconnect(find_leader(), tally)
+        while pipe.idle and sent < until:
+            pipe.send_bid(*auctions.next_bid())
+            sent += 1
+        replies = pipe.replies(100, tally)
+        for reply in replies:
+            if reply["ok"]:
+                tally.accepted += 1
+            else:
+                tally.rejected[str(reply.get("reason"))] += 1
+            auctions.observe(reply)
+        now = time.monotonic()
+        if replies:
+            last_reply = now
+        elif now - last_reply > STALL_DEADLINE_S:
+            raise BenchError(f"no reply for {STALL_DEADLINE_S:.0f}s")
+
+
+# --- phases ------------------------------------------------------------------------------------------
+
+
+def compare_durability(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> dict:
+    """Committed bids/s for each durability policy, each on a fresh cluster."""
+    rates = {}
+    for durability in ("always", "batch", "off"):
+        cluster = LocalCluster(root / f"compare-{durability}", args.nodes, durability,
+                               args.snapshot_every)
+        try:
+            cluster.start()
+            leader = cluster.wait_settled(60)
+            rates[durability] = _timed_bids(cluster, leader, args, ctx)
+        finally:
+            cluster.stop()
+        print(f"durability {durability:6}: {rates[durability]:9,.0f} committed bids/s "
+              f"({args.compare_bids:,} bids, {args.nodes} node(s), window {args.window})",
+              flush=True)
+    return rates
+
+
+def _timed_bids(cluster: LocalCluster, leader: str, args: argparse.Namespace,
+                ctx: zmq.Context) -> float:
+    auctions = Auctions(cluster.servers, duration_ms=3_600_000)
+    pipe, tally = Pipeline(ctx, leader, args.window, "cmp"), Tally()
+    try:
+        drive(pipe, auctions, tally, min(2_000, args.compare_bids), cluster.find_leader)
+        started, before = time.monotonic(), tally.committed
+        drive(pipe, auctions, tally, args.compare_bids, cluster.find_leader)
+        return (tally.committed - before) / (time.monotonic() - started)
+    finally:
+        pipe.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Milestone:
+    committed: int
+    accepted: int
+    rate: float  # committed bids/s since the previous milestone
+    rss_mb: list[float]  # each node, before the restart
+    rss_after_restart_mb: list[float]
+    disk_mb: list[float]
+    snapshot_index: int
+    last_index: int
+    auctions_opened: int
+    restart_s: float
+    snapshots: dict[str, float]
+    term: int  # the leader's term before the restart: > 1 means elections happened under load
+    retried: int  # writes resent (same client and seq) after an error or a leader change
+
+
+def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Milestone]:
+    cluster = LocalCluster(root / "main", args.nodes, args.durability, args.snapshot_every)
+    rows: list[Milestone] = []
+    pipe: Pipeline | None = None
+    try:
+        cluster.start()
+        leader = cluster.wait_settled(60)
+        auctions, tally = Auctions(cluster.servers, args.auction_duration_ms), Tally()
+        for milestone in args.milestones:
+            pipe = Pipeline(ctx, leader, args.window, f"bench{len(rows)}")
+            started, before = time.monotonic(), tally.committed
+            drive(pipe, auctions, tally, milestone, cluster.find_leader)
+            rate = (tally.committed - before) / (time.monotonic() - started)
+            pipe.close()
+            pipe = None
+            row, leader = _milestone(cluster, tally, auctions, rate)
+            rows.append(row)
+            _print_milestone(row, args.nodes)
+    finally:
+        if pipe is not None:
+            pipe.close()
+        cluster.stop()
+    return rows
+
+
+def _milestone(cluster: LocalCluster, tally: Tally, auctions: Auctions,
+               rate: float) -> tuple[Milestone, str]:
+    """Measure, then kill -9 every node and time the restart; check no accepted bid is lost."""
+    leader = cluster.wait_settled()
+    status = next(s for s in cluster.statuses() if s["addr"] == leader)
+    rss, disk = cluster.rss_bytes(), cluster.disk_bytes()
+    cluster.kill_all()
+    started = time.monotonic()
+    cluster.start()
+    leader = cluster.wait_settled()
+    restart_s = time.monotonic() - started
+    with AuctionClient([leader], timeout=120) as client:
+        stored = sum(a["bids"] for a in client.auctions() if a["auction"] in auctions.opened)
+    if stored != tally.accepted:
+        raise BenchError(f"{tally.accepted} bids accepted but {stored} after the restart")
+    mb = 1 / 1e6
+    row = Milestone(tally.committed, tally.accepted, rate, [r * mb for r in rss],
+                    [r * mb for r in cluster.rss_bytes()], [d * mb for d in disk],
+                    status["snapshot_index"], status["last_index"], len(auctions.opened),
+                    restart_s, _snapshot_stats(cluster.nodes[0].log_path), status["term"],
+                    tally.retried)
+    return row, leader
+
+
+def _snapshot_stats(log_path: Path) -> dict[str, float]:
+    """From the node's log: how many snapshots, the last one's size, the longest pause."""
+    sizes, pauses = [], []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "brokerless.runtime: snapshot at index" in line:
+            words = line.split()
+            sizes.append(int(words[-5].lstrip("(")))
+            pauses.append(float(words[-2]))
+    return {"count": len(sizes), "last_mb": (sizes[-1] / 1e6) if sizes else 0.0,
+            "max_pause_ms": max(pauses, default=0.0)}
+
+
+def _print_milestone(row: Milestone, nodes: int) -> None:
+    def mbs(values: list[float]) -> str:
+        return "/".join(f"{v:,.0f}" for v in values)
+
+    print(f"\n== {row.committed:,} bids committed ({row.accepted:,} accepted, "
+          f"{row.auctions_opened} auctions) on {nodes} node(s)", flush=True)
+    print(f"   rate since previous milestone: {row.rate:,.0f} committed bids/s "
+          f"(term {row.term}, {row.retried} writes resent)")
+    print(f"   RSS MB per node: {mbs(row.rss_mb)} (after restart: "
+          f"{mbs(row.rss_after_restart_mb)})")
+    print(f"   disk MB per data dir: {mbs(row.disk_mb)}")
+    snaps = row.snapshots
+    print(f"   log: snapshot at {row.snapshot_index:,}, last index {row.last_index:,}; "
+          f"{snaps['count']:.0f} snapshots so far, last {snaps['last_mb']:.1f} MB, "
+          f"longest snapshot pause {snaps['max_pause_ms']:,.0f} ms")
+    print(f"   restart (kill -9, start, until applied == commit == last index): "
+          f"{row.restart_s:.2f} s", flush=True)
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=1, help="cluster size (1 or 3)")
+    parser.add_argument("--milestones", default="1000000,5000000",
+                        help="comma-separated committed-bid counts to measure at")
+    parser.add_argument("--durability", default="always", choices=("always", "batch", "off"),
+                        help="durability of the main run")
+    parser.add_argument("--snapshot-every", type=int, default=100_000)
+    parser.add_argument("--window", type=int, default=256, help="client ids, one bid in flight each")
+    parser.add_argument("--auction-duration-s", type=float, default=20.0,
+                        help="each auction closes this long after it opens")
+    parser.add_argument("--compare-bids", type=int, default=100_000,
+                        help="bids per durability policy in the comparison (0: skip it)")
+    parser.add_argument("--root", type=Path, default=None, help="keep data here (default: tmp)")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args(argv)
+    args.milestones = sorted(int(m) for m in args.milestones.split(",") if m.strip())
+    args.auction_duration_ms = int(args.auction_duration_s * 1000)
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    root = args.root or Path(tempfile.mkdtemp(prefix="bench-durability-"))
+    ctx = zmq.Context.instance()
+    print(f"bench_durability: {args.nodes} node(s), snapshot every {args.snapshot_every:,}, "
+          f"window {args.window}, auctions of {args.auction_duration_s:g}s, data in {root}",
+          flush=True)
+    try:
+        rates = compare_durability(args, root, ctx) if args.compare_bids else {}
+        rows = main_run(args, root, ctx)
+    finally:
+        if args.root is None:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.json is not None:
+        doc = {"args": {k: str(v) for k, v in vars(args).items()}, "compare_bids_per_s": rates,
+               "milestones": [asdict(row) for row in rows]}
+        args.json.write_text(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
