@@ -541,3 +541,14 @@ def _print_demo(report: DemoReport, elapsed_s: float) -> None:
                                               f"[red]DIFFERS[/]: {seen}")))
     rows.append(("total time", f"{elapsed_s:.1f} s"))
     out.print(console.summary_table("demo summary", rows))
+
+
+# Commands that live in their own modules (each adds itself to the app).
+def _register_extensions() -> None:
+    from zauction import cli_data, cli_load
+
+    cli_load.register(app)
+    cli_data.register(app)
+
+
+_register_extensions()
