@@ -28,6 +28,7 @@ import dataclasses
 import heapq
 import itertools
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -41,6 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,8 @@ RETRY_PAUSE_S = 0.01  # before retrying an op a node could not serve (no leader 
 STOP_TIMEOUT_S = 5.0
 AUCTION_MS = 6 * 3600 * 1000  # the default auction must stay open for the whole run
 P99_TARGET_MS = 10.0
+P99_LOOSE_MS = 100.0  # a second threshold, for a machine whose scheduling noise is near 10 ms
+GRID_STOP_MS = 200.0
 SETTLED_MS = 500.0  # a lone write answered this fast: no backlog left from the last point
 
 
@@ -83,11 +87,14 @@ class NodeSet:
     def servers(self) -> list[str]:
         return list(self.procs)
 
-    def kill(self, addr: str) -> None:
-        """SIGKILL: a crash, nothing unsynced survives."""
+    def reap(self, addr: str) -> None:
+        """Collect a node the worker killed (SIGKILL, by the PID we gave it)."""
         proc = self.procs[addr]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=STOP_TIMEOUT_S)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # it was not killed after all: it must not stay behind
+            proc.wait(timeout=STOP_TIMEOUT_S)
 
     def restart(self, addr: str) -> None:
         """Start the same command again, on the same data directory."""
@@ -155,7 +162,7 @@ def start_pso(root: Path, nodes: int, extra: list[str], name: str = "pysyncobj")
     return nodeset
 
 
-# --- status and leaders ---------------------------------------------------------------------
+# --- status and leaders (ZeroMQ clients: these run in the worker process) ---------------------
 
 
 def statuses(servers: list[str], timeout: float = 0.3) -> dict[str, dict]:
@@ -192,39 +199,11 @@ def agreed_leader(servers: list[str], quorum: int) -> str | None:
     return None
 
 
-def wait_leader(nodes: NodeSet, timeout: float, quorum: int | None = None) -> str:
-    need = quorum or len(nodes.servers) // 2 + 1
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if nodes.exited():
-            raise BenchError(f"{nodes.name}: node(s) {nodes.exited()} exited (logs in {nodes.root})")
-        leader = agreed_leader(nodes.servers, need)
-        if leader:
-            return leader
-        time.sleep(0.05)  # a bounded poll of remote state: there is no event to wait on
-    raise BenchError(f"{nodes.name}: no leader agreed by {need} nodes within {timeout:.0f}s")
-
-
-def current_leader(nodes: NodeSet, fallback: str) -> str:
-    views = statuses(nodes.servers)
+def leader_now(servers: list[str]) -> str | None:
+    """The node that says it leads in the highest term, right now."""
+    views = statuses(servers)
     leaders = [a for a, v in views.items() if v.get("role") == "leader"]
-    if not leaders:
-        return fallback
-    return max(leaders, key=lambda a: views[a].get("term") or 0)
-
-
-def wait_caught_up(nodes: NodeSet, addr: str, timeout: float) -> float:
-    """Wait until every node names the same leader and `addr` has applied its commit index."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        views = statuses(nodes.servers)
-        leaders = {v.get("leader") for v in views.values()}
-        if len(views) == len(nodes.servers) and len(leaders) == 1 and None not in leaders:
-            target = views[leaders.pop()].get("commit_index") or 0
-            if (views[addr].get("applied_index") or 0) >= target:
-                return time.monotonic() - started
-        time.sleep(0.05)  # a bounded poll of remote state
-    raise BenchError(f"{nodes.name}: {addr} did not rejoin and catch up within {timeout:.0f}s")
+    return max(leaders, key=lambda a: views[a].get("term") or 0) if leaders else None
 
 
 # --- the load driver -------------------------------------------------------------------------
@@ -489,16 +468,18 @@ def open_loop(servers: list[str], leader: str, rate: float, seconds: float, warm
     """Writes due at a fixed rate whatever the answers; latency from when each was due."""
     rec = Recorder()
     free: list[int] = []
-    measured_from = [0.0]
+    measured_from, in_window = [0.0, 0.0], [0]
 
     def done(op: Op, outcome: str, now: float) -> None:
         free.append(op.slot)
         if op.scheduled >= measured_from[0]:
             rec.add(outcome, now - op.scheduled)
+        if outcome != "failed" and measured_from[0] <= now <= measured_from[1]:
+            in_window[0] += 1  # answers while the load is offered: the rate it keeps up
 
     with driving(servers, leader, done, attempt_timeout=None) as driver:
         start = time.monotonic()
-        measured_from[0] = start + warmup
+        measured_from[:] = [start + warmup, start + warmup + seconds]
         offered = _offer(driver, free, start, rate, warmup + seconds, measured_from[0])
         end = start + warmup + seconds + grace
         while driver.pending or driver.retries:
@@ -512,7 +493,7 @@ def open_loop(servers: list[str], leader: str, rate: float, seconds: float, warm
     return {"rate": rate, "offered": offered, "committed": rec.committed,
             "share": rec.committed / offered if offered else float("nan"),
             "p50_ms": rec.ms(50), "p99_ms": rec.ms(99), "unfinished": len(unfinished),
-            **rec.outcomes}
+            "commit_rate": in_window[0] / seconds, **rec.outcomes}
 
 
 def _offer(driver: Driver, free: list[int], start: float, rate: float, span: float,
@@ -529,24 +510,29 @@ def _offer(driver: Driver, free: list[int], start: float, rate: float, span: flo
         driver.step(min(max(0.0, due - time.monotonic()), 0.005))
     return offered
 
+# --- whole measurements, as the worker process runs them -----------------------------------------
 
-# --- phases ------------------------------------------------------------------------------------
 
-
-def settle(nodes: NodeSet, timeout: float = 30.0) -> str:
-    """Wait for a leader and until a lone write is answered quickly (no backlog left)."""
+def settle_servers(servers: list[str], timeout: float = 30.0) -> str:
+    """A leader a majority agrees on, and a lone write answered fast: no backlog is left."""
+    quorum = len(servers) // 2 + 1
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        leader = wait_leader(nodes, max(1.0, deadline - time.monotonic()))
-        probe = closed_loop(nodes.servers, leader, 1, 0.3, 0.0)
+        leader = agreed_leader(servers, quorum)
+        if leader is None:
+            time.sleep(0.05)  # a bounded poll of remote state: there is no event to wait on
+            continue
+        probe = closed_loop(servers, leader, 1, 0.3, 0.0)
         if probe["ok"] + probe["rejected"] > 0 and probe["max_ms"] < SETTLED_MS:
             return leader
-    raise BenchError(f"{nodes.name}: writes still slow or failing after {timeout:.0f}s")
+    raise BenchError(f"writes to {', '.join(servers)} still slow or failing after {timeout:.0f}s")
 
 
-def failover_round(nodes: NodeSet, inflight: int, warmup: float, limit: float) -> float | None:
-    """Kill -9 the leader under load; seconds until an op sent after the kill is answered."""
-    leader = settle(nodes)
+def kill_leader_under_load(servers: list[str], pids: dict[str, int], inflight: int,
+                           warmup: float, limit: float) -> tuple[str, float | None]:
+    """Kill -9 the leader under load: (the node killed, seconds from the kill until an op sent
+    after it is answered, None if none within `limit`). The caller reaps and restarts it."""
+    leader = settle_servers(servers)
     killed_at, first_ack, before = [float("inf")], [], [0]
 
     def done(op: Op, outcome: str, now: float) -> None:
@@ -556,20 +542,18 @@ def failover_round(nodes: NodeSet, inflight: int, warmup: float, limit: float) -
                 first_ack.append(now)
         driver.submit(op.slot, now)
 
-    with driving(nodes.servers, leader, done, attempt_timeout=1.0) as driver:
+    with driving(servers, leader, done, attempt_timeout=1.0) as driver:
         for _ in range(inflight):
             driver.submit(driver.new_slot(), time.monotonic())
         _run_for(driver, warmup)
         if before[0] == 0:
-            raise BenchError(f"{nodes.name}: no write answered before the kill")
-        leader = current_leader(nodes, leader)  # it may have changed during the warmup
+            raise BenchError("no write answered before the kill")
+        leader = leader_now(servers) or leader  # it may have changed during the warmup
         killed_at[0] = time.monotonic()
-        nodes.kill(leader)
+        os.kill(pids[leader], signal.SIGKILL)
         while not first_ack and time.monotonic() < killed_at[0] + limit:
             driver.step(0.01)
-    nodes.restart(leader)
-    wait_caught_up(nodes, leader, 30.0)
-    return first_ack[0] - killed_at[0] if first_ack else None
+    return leader, (first_ack[0] - killed_at[0] if first_ack else None)
 
 
 def _run_for(driver: Driver, seconds: float) -> None:
@@ -578,21 +562,165 @@ def _run_for(driver: Driver, seconds: float) -> None:
         driver.step(0.02)
 
 
-class RateSearch:
-    """Bisection over open-loop rates in (0, peak]: the highest rate seen with p99 < target."""
+def loadgen_peak(servers: list[str], inflight: int, seconds: float) -> dict:
+    """zauction's own load generator (zauction.loadgen) at the same concurrency."""
+    from zauction.loadgen import run_load
 
-    def __init__(self, peak: float):
-        self.lo, self.hi, self.best = 0.0, peak, 0.0
-        self.rate = peak / 2
+    settle_servers(servers)
+    got = run_load(servers, bidders=inflight, concurrency=inflight, duration_s=seconds)
+    return {"ops_s": got.throughput, **got.latency_ms}
+
+
+# --- the worker process: every ZeroMQ client socket lives there ---------------------------------
+# libzmq can abort the whole process on a rare race (we saw "Assertion failed: !_more
+# (src/fq.cpp:80)" once an overloaded node's connection dropped mid-reply). Then only the worker
+# dies; the orchestrator, which alone holds the node processes, still stops them by PID.
+
+
+class WorkerCrash(Exception):
+    """The worker process died in the middle of a call."""
+
+
+def _serve(conn: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the orchestrator to handle
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        fn, args = job
+        try:
+            conn.send(("ok", fn(*args)))
+        except Exception as exc:  # anything: reported to the orchestrator, which decides
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class Worker:
+    """Runs functions of this module in a child process, one call at a time."""
+
+    def __init__(self) -> None:
+        self._mp = multiprocessing.get_context("spawn")  # no fork: zmq state is not fork-safe
+        self.crashes = 0
+        self._start()
+
+    def _start(self) -> None:
+        self.conn, child = self._mp.Pipe()
+        self.proc = self._mp.Process(target=_serve, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 600.0) -> Any:
+        """fn(*args) in the worker; after a crash, a new worker tries the call once more."""
+        for attempt in (1, 2):
+            try:
+                return self._call_once(fn, args, timeout)
+            except WorkerCrash as crash:
+                self.crashes += 1
+                say(f"the load process crashed in {fn.__name__} ({crash}); "
+                    + ("retrying" if attempt == 1 else "giving up"))
+                self.close()
+                self._start()
+        raise BenchError(f"{fn.__name__} crashed the load process twice")
+
+    def _call_once(self, fn: Callable[..., Any], args: tuple, timeout: float) -> Any:
+        try:
+            self.conn.send((fn, args))
+            if not self.conn.poll(timeout):
+                self.close()  # still busy: its late answer must not be read by another call
+                self._start()
+                raise BenchError(f"{fn.__name__} did not finish within {timeout:.0f}s")
+            status, value = self.conn.recv()
+        except (EOFError, OSError):  # the pipe broke: the worker is gone
+            self.proc.join(STOP_TIMEOUT_S)
+            raise WorkerCrash(f"exit code {self.proc.exitcode}") from None
+        if status == "error":
+            raise BenchError(f"{fn.__name__}: {value}")
+        return value
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.proc.join(STOP_TIMEOUT_S)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(STOP_TIMEOUT_S)
+        self.conn.close()
+
+
+# --- orchestration: node processes and the worker, never a socket ---------------------------------
+
+
+def wait_leader(nodes: NodeSet, worker: Worker, timeout: float) -> str:
+    quorum = len(nodes.servers) // 2 + 1
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _check_running(nodes)
+        leader = worker.call(agreed_leader, nodes.servers, quorum)
+        if leader:
+            return leader
+        time.sleep(0.05)  # a bounded poll of remote state: there is no event to wait on
+    raise BenchError(f"{nodes.name}: no leader agreed by {quorum} nodes within {timeout:.0f}s")
+
+
+def _check_running(nodes: NodeSet) -> None:
+    if nodes.exited():
+        raise BenchError(f"{nodes.name}: node(s) {nodes.exited()} exited (logs in {nodes.root})")
+
+
+def settle(nodes: NodeSet, worker: Worker) -> str:
+    _check_running(nodes)
+    return worker.call(settle_servers, nodes.servers, 30.0)
+
+
+def wait_caught_up(nodes: NodeSet, worker: Worker, addr: str, timeout: float) -> float:
+    """Wait until every node names the same leader and `addr` has applied its commit index."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        _check_running(nodes)
+        views = worker.call(statuses, nodes.servers)
+        leaders = {v.get("leader") for v in views.values()}
+        if len(views) == len(nodes.servers) and len(leaders) == 1 and None not in leaders:
+            target = views[leaders.pop()].get("commit_index") or 0
+            if (views[addr].get("applied_index") or 0) >= target:
+                return time.monotonic() - started
+        time.sleep(0.05)  # a bounded poll of remote state
+    raise BenchError(f"{nodes.name}: {addr} did not rejoin and catch up within {timeout:.0f}s")
+
+
+def failover_round(nodes: NodeSet, worker: Worker, plan: Plan) -> float | None:
+    pids = {addr: proc.pid for addr, proc in nodes.procs.items()}
+    killed, took = worker.call(kill_leader_under_load, nodes.servers, pids,
+                               plan.failover_inflight, plan.warmup, plan.failover_limit)
+    nodes.reap(killed)
+    nodes.restart(killed)
+    wait_caught_up(nodes, worker, killed, 30.0)
+    return took
+
+
+class RateGrid:
+    """Open-loop rates start, start*factor, ... up to the peak, until p99 passes GRID_STOP_MS
+    (beyond that no threshold we report can pass). A grid rather than a bisection: on a noisy
+    machine p99 is not monotonic in the rate, and every point is shown."""
+
+    def __init__(self, start: float, factor: float, peak: float):
+        self.rate, self.factor, self.peak = min(start, peak), factor, peak
         self.points: list[dict] = []
+        self.done = False
 
     def record(self, point: dict) -> None:
         self.points.append(point)
-        if point["p99_ms"] < P99_TARGET_MS:
-            self.best, self.lo = max(self.best, self.rate), self.rate
-        else:
-            self.hi = self.rate
-        self.rate = max(10.0, (self.lo + self.hi) / 2)
+        if point["p99_ms"] >= GRID_STOP_MS or self.rate >= self.peak:
+            self.done = True
+        self.rate = min(self.rate * self.factor, self.peak)
+
+    def best(self, target_ms: float) -> float:
+        """The highest rate tried whose p99 stayed under `target_ms` (0 if none did)."""
+        return max((p["rate"] for p in self.points if p["p99_ms"] < target_ms), default=0.0)
 
 
 # --- the plan: every phase interleaves the systems, so background load hits all alike ----
@@ -601,95 +729,120 @@ class RateSearch:
 @dataclass(frozen=True, slots=True)
 class Plan:
     seconds: float  # measured time per closed-loop and overload point
-    search_seconds: float  # measured time per point of the p99 search
+    search_seconds: float  # measured time per point of the rate grid
     warmup: float  # unmeasured time before each point
-    runs: int  # repeats of the peak and 1-in-flight points (medians reported)
-    search_steps: int
+    runs: int  # runs of the peak (at its best in-flight level) and 1-in-flight points
     kills: int
-    inflight: int
+    levels: tuple[int, ...]  # in-flight levels tried for the peak; the best one is repeated
+    grid_start: float  # ops/s of the first point of the rate grid
+    grid_factor: float
     grace: float = 2.0  # open loop: how long answers are awaited after the last op was due
     failover_inflight: int = 10
     failover_limit: float = 20.0
 
 
-QUICK = Plan(seconds=3.0, search_seconds=2.0, warmup=1.0, runs=1, search_steps=4, kills=3,
-             inflight=128)
-FULL = Plan(seconds=8.0, search_seconds=5.0, warmup=1.0, runs=3, search_steps=5, kills=5,
-            inflight=128)
+QUICK = Plan(seconds=3.0, search_seconds=2.0, warmup=1.0, runs=1, kills=3,
+             levels=(128, 1024), grid_start=100.0, grid_factor=4.0)
+FULL = Plan(seconds=8.0, search_seconds=4.0, warmup=1.0, runs=3, kills=5,
+            levels=(128, 512, 2048), grid_start=100.0, grid_factor=2.0)
 
-Say = Callable[[str], None]
 Results = dict[str, dict[str, Any]]  # system name -> numbers
 
 
-def measure_all(clusters: dict[str, NodeSet], plan: Plan, phases: set[str], say: Say) -> Results:
+def measure_all(clusters: dict[str, NodeSet], worker: Worker, plan: Plan,
+                phases: set[str]) -> Results:
     res: Results = {name: {"system": name} for name in clusters}
     if "peak" in phases:
-        _closed_points(clusters, res, plan, plan.inflight, "peak", say)
+        _peak(clusters, worker, res, plan)
         if "zauction" in clusters:
-            _loadgen_crosscheck(clusters["zauction"], res["zauction"], plan, say)
+            _loadgen_crosscheck(clusters["zauction"], worker, res["zauction"], plan)
     if "latency" in phases:
-        _closed_points(clusters, res, plan, 1, "latency", say)
+        _latency(clusters, worker, res, plan)
     if "search" in phases and all("peak" in r for r in res.values()):
-        _search(clusters, res, plan, say)
+        _search(clusters, worker, res, plan)
     if "overload" in phases and all("peak" in r for r in res.values()):
-        for name, nodes in clusters.items():
-            point = open_loop(nodes.servers, settle(nodes), 1.5 * res[name]["peak"],
-                              plan.seconds, plan.warmup, plan.grace)
-            res[name]["overload"] = point
-            say(f"{name}: 1.5x peak ({point['rate']:.0f}/s) -> {point['share']:.1%} committed, "
-                f"p99 {point['p99_ms']:.0f} ms")
+        _overload(clusters, worker, res, plan)
     if "failover" in phases:
-        _failovers(clusters, res, plan, say)
+        _failovers(clusters, worker, res, plan)
     return res
 
 
-def _closed_points(clusters: dict[str, NodeSet], res: Results, plan: Plan, inflight: int,
-                   what: str, say: Say) -> None:
+def _closed_point(nodes: NodeSet, worker: Worker, plan: Plan, inflight: int) -> dict:
+    leader = settle(nodes, worker)
+    run = worker.call(closed_loop, nodes.servers, leader, inflight, plan.seconds, plan.warmup)
+    say(f"{nodes.name}: {inflight} in flight: {run['ops_s']:.0f} ops/s, p50 "
+        f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, failed {run['failed']}")
+    return {"inflight": inflight, **run}
+
+
+def _peak(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
+    """Each in-flight level once; then the best level again until it has `runs` runs."""
+    for level in plan.levels:
+        for name, nodes in clusters.items():
+            point = _closed_point(nodes, worker, plan, level)
+            res[name].setdefault("sweep", []).append(point)
+    for name in clusters:
+        best = max(res[name]["sweep"], key=lambda r: r["ops_s"])
+        res[name]["peak_inflight"], res[name]["peak_runs"] = best["inflight"], [best]
+    for _ in range(plan.runs - 1):
+        for name, nodes in clusters.items():
+            point = _closed_point(nodes, worker, plan, res[name]["peak_inflight"])
+            res[name]["peak_runs"].append(point)
+    for name in clusters:
+        res[name]["peak"] = statistics.median(r["ops_s"] for r in res[name]["peak_runs"])
+
+
+def _latency(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
     for _ in range(plan.runs):
         for name, nodes in clusters.items():
-            run = closed_loop(nodes.servers, settle(nodes), inflight, plan.seconds, plan.warmup)
-            say(f"{name}: {what} ({inflight} in flight): {run['ops_s']:.0f} ops/s, "
-                f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, failed {run['failed']}")
-            runs = res[name].setdefault(f"{what}_runs", [])
-            runs.append(run)
-            if what == "peak":
-                res[name]["peak"] = statistics.median(r["ops_s"] for r in runs)
-            else:
-                res[name]["p50_ms"] = statistics.median(r["p50_ms"] for r in runs)
-                res[name]["p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
+            point = _closed_point(nodes, worker, plan, 1)
+            res[name].setdefault("latency_runs", []).append(point)
+    for name in clusters:
+        runs = res[name]["latency_runs"]
+        res[name]["p50_ms"] = statistics.median(r["p50_ms"] for r in runs)
+        res[name]["p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
 
 
-def _loadgen_crosscheck(nodes: NodeSet, res: dict, plan: Plan, say: Say) -> None:
-    """zauction's own load generator at the same concurrency: a check on our driver."""
-    from zauction.loadgen import run_load
-
-    settle(nodes)
-    got = run_load(nodes.servers, bidders=plan.inflight, concurrency=plan.inflight,
-                   duration_s=plan.seconds)
-    res["loadgen_peak"] = got.throughput
-    say(f"zauction: loadgen run_load cross-check: {got.throughput:.0f} ops/s, "
-        f"p50 {got.latency_ms['p50']:.2f} ms, p99 {got.latency_ms['p99']:.2f} ms")
+def _loadgen_crosscheck(nodes: NodeSet, worker: Worker, res: dict, plan: Plan) -> None:
+    inflight = res["peak_inflight"]
+    got = worker.call(loadgen_peak, nodes.servers, inflight, plan.seconds)
+    res["loadgen_peak"] = got["ops_s"]
+    say(f"zauction: {inflight} in flight, zauction.loadgen cross-check: {got['ops_s']:.0f} "
+        f"ops/s, p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms")
 
 
-def _search(clusters: dict[str, NodeSet], res: Results, plan: Plan, say: Say) -> None:
-    searches = {name: RateSearch(res[name]["peak"]) for name in clusters}
-    for _ in range(plan.search_steps):
+def _search(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
+    grids = {name: RateGrid(plan.grid_start, plan.grid_factor, res[name]["peak"])
+             for name in clusters}
+    while not all(g.done for g in grids.values()):
         for name, nodes in clusters.items():
-            search = searches[name]
-            point = open_loop(nodes.servers, settle(nodes), search.rate, plan.search_seconds,
-                              plan.warmup, 1.0)
-            say(f"{name}: open loop {search.rate:.0f}/s: p50 {point['p50_ms']:.2f} ms, "
+            grid = grids[name]
+            if grid.done:
+                continue
+            point = worker.call(open_loop, nodes.servers, settle(nodes, worker), grid.rate,
+                                plan.search_seconds, plan.warmup, 1.0)
+            say(f"{name}: open loop {grid.rate:.0f}/s: p50 {point['p50_ms']:.2f} ms, "
                 f"p99 {point['p99_ms']:.2f} ms")
-            search.record(point)
-    for name, search in searches.items():
-        res[name]["p99_rate"], res[name]["search"] = search.best, search.points
+            grid.record(point)
+    for name, grid in grids.items():
+        res[name]["p99_rate"] = grid.best(P99_TARGET_MS)
+        res[name]["p99_loose_rate"] = grid.best(P99_LOOSE_MS)
+        res[name]["search"] = grid.points
 
 
-def _failovers(clusters: dict[str, NodeSet], res: Results, plan: Plan, say: Say) -> None:
+def _overload(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
+    for name, nodes in clusters.items():
+        point = worker.call(open_loop, nodes.servers, settle(nodes, worker),
+                            1.5 * res[name]["peak"], plan.seconds, plan.warmup, plan.grace)
+        res[name]["overload"] = point
+        say(f"{name}: 1.5x peak ({point['rate']:.0f}/s) -> {point['share']:.1%} committed, "
+            f"{point['commit_rate']:.0f} ops/s while offered, p99 {point['p99_ms']:.0f} ms")
+
+
+def _failovers(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
     for i in range(plan.kills):
         for name, nodes in clusters.items():
-            took = failover_round(nodes, plan.failover_inflight, plan.warmup,
-                                  plan.failover_limit)
+            took = failover_round(nodes, worker, plan)
             res[name].setdefault("failover_s", []).append(took)
             shown = f"{took * 1000:.0f} ms" if took is not None else "no answer in time"
             say(f"{name}: failover {i + 1}/{plan.kills}: {shown}")
@@ -705,13 +858,19 @@ def failover_stat(result: dict, stat: Callable[[list[float]], float]) -> float:
     return stat(times) * 1000 if times else NAN
 
 
-ROWS: list[tuple[str, Callable[[dict], float], bool]] = [  # label, value, higher is better
-    ("peak committed ops/s ({inflight} in flight)", lambda r: r.get("peak", NAN), True),
+# label, value, whether higher is better (None: shown, not compared)
+ROWS: list[tuple[str, Callable[[dict], float], bool | None]] = [
+    ("peak committed ops/s, closed loop", lambda r: r.get("peak", NAN), True),
+    ("  in flight at the peak", lambda r: r.get("peak_inflight", NAN), None),
     ("latency p50 at 1 in flight, ms", lambda r: r.get("p50_ms", NAN), False),
     ("latency p99 at 1 in flight, ms", lambda r: r.get("p99_ms", NAN), False),
     (f"max offered ops/s with p99 < {P99_TARGET_MS:g} ms", lambda r: r.get("p99_rate", NAN), True),
+    (f"max offered ops/s with p99 < {P99_LOOSE_MS:g} ms",
+     lambda r: r.get("p99_loose_rate", NAN), True),
     ("committed at 1.5x peak, % of offered",
      lambda r: 100 * r["overload"]["share"] if "overload" in r else NAN, True),
+    ("committed ops/s while 1.5x peak is offered",
+     lambda r: r["overload"]["commit_rate"] if "overload" in r else NAN, True),
     ("p99 at 1.5x peak, ms", lambda r: r["overload"]["p99_ms"] if "overload" in r else NAN, False),
     ("failover median, ms", lambda r: failover_stat(r, statistics.median), False),
     ("failover max, ms", lambda r: failover_stat(r, max), False),
@@ -734,16 +893,16 @@ def _best(values: list[float], higher: bool) -> float:
 def table(res: Results, plan: Plan) -> str:
     """One row per metric: zauction, each PySyncObj configuration, zauction / best of those."""
     names = list(res)
-    ours, theirs = names[0], names[1:]
+    ours, theirs = "zauction", [n for n in names if n.startswith("pso")]
     head = f"{'metric':<42}" + "".join(f"{n:>13}" for n in names) + f"{'z/best pso':>12}  better"
     lines = [head, "-" * len(head)]
     for label, value, higher in ROWS:
         values = {n: value(res[n]) for n in names}
-        a, b = values[ours], _best([values[n] for n in theirs], higher)
-        ratio = a / b if b and a == a and b == b else NAN
+        a, b = values.get(ours, NAN), _best([values[n] for n in theirs], bool(higher))
+        ratio = a / b if higher is not None and b and a == a and b == b else NAN
         better = "" if ratio != ratio or a == b else ("zauction" if (a > b) == higher
                                                       else "pysyncobj")
-        lines.append(f"{label.format(inflight=plan.inflight):<42}"
+        lines.append(f"{label:<42}"
                      + "".join(f"{_fmt(values[n]):>13}" for n in names)
                      + f"{(f'{ratio:.2f}x' if ratio == ratio else '-'):>12}  {better}")
     return "\n".join(lines)
@@ -751,16 +910,16 @@ def table(res: Results, plan: Plan) -> str:
 
 def details(result: dict) -> list[str]:
     name, out = result["system"], []
-    for key in ("peak_runs", "latency_runs"):
+    for key in ("sweep", "peak_runs", "latency_runs"):
         if result.get(key):
             out.append(f"{name} {key}: " + "; ".join(
-                f"{r['ops_s']:.0f} ops/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms"
-                for r in result[key]))
+                f"{r['inflight']} in flight {r['ops_s']:.0f} ops/s p50 {r['p50_ms']:.2f} "
+                f"p99 {r['p99_ms']:.2f} ms" for r in result[key]))
     if "loadgen_peak" in result:
         out.append(f"{name} peak by zauction.loadgen.run_load (cross-check, no warmup): "
                    f"{result['loadgen_peak']:.0f} ops/s")
     if result.get("search"):
-        out.append(f"{name} p99 search: " + "; ".join(
+        out.append(f"{name} open-loop grid: " + "; ".join(
             f"{p['rate']:.0f}/s p99 {p['p99_ms']:.2f} ms" for p in result["search"]))
     if "overload" in result:
         o = result["overload"]
@@ -789,7 +948,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="zauction's fsync policy (default always: fsync per batch)")
     p.add_argument("--pso-batch", default=PSO_BATCH, help="pso_node.py flags, batching config")
     p.add_argument("--pso-nobatch", default=PSO_NOBATCH, help="pso_node.py flags, latency config")
-    p.add_argument("--inflight", type=int, default=None, help="client ids for the peak")
+    p.add_argument("--inflight", type=int, default=None,
+                   help="one in-flight level for the peak instead of the sweep")
+    p.add_argument("--with-zauction-batch", action="store_true",
+                   help="also measure zauction with durability=batch (grouped fsyncs)")
     p.add_argument("--json", type=Path, default=None, help="also write every number here")
     p.add_argument("--keep", action="store_true", help="keep the data directories and logs")
     return p.parse_args(argv)
@@ -800,8 +962,13 @@ def say(text: str) -> None:
 
 
 def starters(args: argparse.Namespace, base: Path) -> dict[str, Callable[[], NodeSet]]:
+    extra: dict[str, Callable[[], NodeSet]] = {}
+    if args.with_zauction_batch:
+        extra["zauction-batch"] = lambda: start_zauction(base / "zauction-batch", 3, "batch",
+                                                         "zauction-batch")
     return {
         "zauction": lambda: start_zauction(base / "zauction", 3, args.durability),
+        **extra,
         "pso-batch": lambda: start_pso(base / "pso-batch", 3, args.pso_batch.split(),
                                        "pso-batch"),
         "pso-nobatch": lambda: start_pso(base / "pso-nobatch", 3, args.pso_nobatch.split(),
@@ -810,16 +977,18 @@ def starters(args: argparse.Namespace, base: Path) -> dict[str, Callable[[], Nod
 
 
 def run(args: argparse.Namespace, plan: Plan, base: Path) -> Results:
-    """Start every cluster, measure them in turn, and stop every node in any case."""
+    """Start every cluster, measure them in turn, and stop every process in any case."""
     clusters: dict[str, NodeSet] = {}
+    worker = Worker()
     try:
         for name, start in starters(args, base).items():
             clusters[name] = start()
             say(f"{name}: started {', '.join(clusters[name].servers)}")
         for nodes in clusters.values():
-            wait_leader(nodes, 60.0)
-        return measure_all(clusters, plan, set(args.phases.split(",")), say)
+            wait_leader(nodes, worker, 60.0)
+        return measure_all(clusters, worker, plan, set(args.phases.split(",")))
     finally:
+        worker.close()
         for nodes in clusters.values():
             nodes.stop()
 
@@ -828,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.inflight:
-        plan = dataclasses.replace(plan, inflight=args.inflight)
+        plan = dataclasses.replace(plan, levels=(args.inflight,))
     base = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     load_before = os.getloadavg()
     try:
@@ -856,8 +1025,9 @@ def report(res: Results, plan: Plan, args: argparse.Namespace,
     lines = [
         f"zauction: 3 nodes, durability={args.durability}.  PySyncObj 0.3.17: 3 nodes, journal "
         f"file, pso-batch = [{args.pso_batch}], pso-nobatch = [{args.pso_nobatch}].",
-        f"{mode} run: {plan.seconds:g} s per point ({plan.search_seconds:g} s in the p99 search), "
-        f"medians of {plan.runs} run(s), {plan.kills} kills each; {os.cpu_count()} CPUs, "
+        f"{mode} run: {plan.seconds:g} s per point ({plan.search_seconds:g} s in the rate grid), "
+        f"peak over in-flight levels {', '.join(map(str, plan.levels))}, medians of "
+        f"{plan.runs} run(s), {plan.kills} kills each; {os.cpu_count()} CPUs, "
         f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after.",
         "", table(res, plan), ""]
     for result in res.values():

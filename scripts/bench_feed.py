@@ -89,7 +89,8 @@ def watch(servers: list[str], auction: str, out: WatcherLog, ready: threading.Ev
         client.close()
 
 
-def worker(servers: list[str], auction: str, count: int, deadline_s: float, out: Path) -> None:
+def watcher_process(servers: list[str], auction: str, count: int, deadline_s: float,
+                    out: Path) -> None:
     """Start `count` watchers, say READY on stdout, and write their logs to `out` when all
     have seen the end (or at the deadline)."""
     ctx = zmq.Context.instance()
@@ -181,19 +182,24 @@ def bid_steadily(servers: list[str], auction: str, rate: float, seconds: float) 
     return acks
 
 
-def feed_point(nodes: bc.NodeSet, watchers: int, plan: FeedPlan, root: Path) -> dict:
-    auction = f"feed-{watchers}"
-    opener = AuctionClient(nodes.servers, timeout=5.0)
+def open_auction(servers: list[str], auction: str) -> None:
+    opener = AuctionClient(servers, timeout=5.0)
     try:
         opener.open_auction(auction, duration_ms=3_600_000)
     finally:
         opener.close()
+
+
+def feed_point(nodes: bc.NodeSet, worker: bc.Worker, watchers: int, plan: FeedPlan,
+               root: Path) -> dict:
+    auction = f"feed-{watchers}"
+    worker.call(open_auction, nodes.servers, auction)
     deadline_s = READY_TIMEOUT_S + plan.seconds + DRAIN_TIMEOUT_S
     procs = spawn_workers(nodes.servers, auction, watchers, deadline_s, root)
     try:
         wait_ready(procs, READY_TIMEOUT_S)
         started = time.monotonic()
-        acks = bid_steadily(nodes.servers, auction, plan.rate, plan.seconds)
+        acks = worker.call(bid_steadily, nodes.servers, auction, plan.rate, plan.seconds)
         bid_rate = (len(acks) - 1) / (time.monotonic() - started)
     except BaseException:
         stop_workers(procs, 0.0)  # interrupted or failed: no point waiting for them
@@ -234,13 +240,14 @@ def _pct(values: list[float], pct: float) -> float:
 # --- running it all ------------------------------------------------------------------------------
 
 
-def run_feed(plan: FeedPlan, base: Path) -> list[dict]:
+def run_feed(plan: FeedPlan, worker: bc.Worker, base: Path) -> list[dict]:
     nodes = bc.start_zauction(base / "feed", 3)
     try:
-        bc.settle(nodes)
+        bc.wait_leader(nodes, worker, 60.0)
+        bc.settle(nodes, worker)
         points = []
         for watchers in plan.watchers:
-            point = feed_point(nodes, watchers, plan, base)
+            point = feed_point(nodes, worker, watchers, plan, base)
             bc.say(f"feed: {watchers} watcher(s): {json.dumps(point)}")
             points.append(point)
         return points
@@ -248,14 +255,14 @@ def run_feed(plan: FeedPlan, base: Path) -> list[dict]:
         nodes.stop()
 
 
-def run_sizes(plan: FeedPlan, bench: bc.Plan, base: Path) -> dict[int, dict]:
+def run_sizes(plan: FeedPlan, bench: bc.Plan, worker: bc.Worker, base: Path) -> dict[int, dict]:
     out = {}
     for size in plan.sizes:
-        nodes = bc.start_zauction(base / f"size-{size}", size)
+        nodes = bc.start_zauction(base / f"size-{size}", size, name=f"{size} nodes")
         try:
-            bc.wait_leader(nodes, 60.0)
+            bc.wait_leader(nodes, worker, 60.0)
             name = f"{size} nodes"
-            res = bc.measure_all({name: nodes}, bench, {"peak", "failover"}, bc.say)
+            res = bc.measure_all({name: nodes}, worker, bench, {"peak", "failover"})
             out[size] = res[name]
         finally:
             nodes.stop()
@@ -278,15 +285,16 @@ def feed_table(points: list[dict], plan: FeedPlan) -> str:
 
 
 def sizes_table(sizes: dict[int, dict], bench: bc.Plan) -> str:
-    head = (f"{'nodes':>5} {'committed bids/s':>17} {'runs':>24} {'failover med ms':>16} "
-            f"{'failover max ms':>16}  failovers ms")
-    lines = [f"cluster size: {bench.inflight} in flight, {bench.seconds:g} s per run; "
-             f"kill -9 of the leader under {bench.failover_inflight} in flight", head,
-             "-" * len(head)]
+    head = (f"{'nodes':>5} {'committed bids/s':>17} {'in flight':>9} {'runs':>20} "
+            f"{'failover med ms':>16} {'failover max ms':>16}  failovers ms")
+    levels = "/".join(map(str, bench.levels))
+    lines = [f"cluster size: closed loop at {levels} in flight (best level, median of "
+             f"{bench.runs}), {bench.seconds:g} s per run; kill -9 of the leader under "
+             f"{bench.failover_inflight} in flight", head, "-" * len(head)]
     for size, r in sizes.items():
         runs = ",".join(f"{x['ops_s']:.0f}" for x in r.get("peak_runs", []))
         each = ", ".join("none" if t is None else f"{t * 1000:.0f}" for t in r["failover_s"])
-        lines.append(f"{size:>5} {r['peak']:>17,.0f} {runs:>24} "
+        lines.append(f"{size:>5} {r['peak']:>17,.0f} {r['peak_inflight']:>9} {runs:>20} "
                      f"{bc.failover_stat(r, statistics.median):>16,.0f} "
                      f"{bc.failover_stat(r, max):>16,.0f}  {each}")
     return "\n".join(lines)
@@ -311,17 +319,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.cmd == "worker":
-        worker(args.servers.split(","), args.auction, args.count, args.deadline_s, args.out)
+        watcher_process(args.servers.split(","), args.auction, args.count, args.deadline_s,
+                        args.out)
         return 0
     plan, bench = (QUICK, bc.QUICK) if args.quick else (FULL, bc.FULL)
     base = Path(tempfile.mkdtemp(prefix="bench-feed-"))
     out: dict[str, Any] = {}
+    load = bc.Worker()  # every ZeroMQ client of ours but the watchers runs in this process
     try:
         with sigterm_as_interrupt():
             if "feed" in args.parts:
-                out["feed"] = run_feed(plan, base)
+                out["feed"] = run_feed(plan, load, base)
             if "sizes" in args.parts:
-                out["sizes"] = run_sizes(plan, bench, base)
+                out["sizes"] = run_sizes(plan, bench, load, base)
     except KeyboardInterrupt:
         bc.say("interrupted: every process started was stopped")
         return 130
@@ -329,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         bc.say(f"error: {exc}")
         return 1
     finally:
+        load.close()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     print(f"{'quick' if args.quick else 'full'} run; {os.cpu_count()} CPUs, load average "
