@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("brokerless.snapshotter")
+_MAX_FD = min(os.sysconf("SC_OPEN_MAX"), 1 << 16) if hasattr(os, "sysconf") else 1024
+_SCRATCH_GLOB = ".snapshot-*.tmp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,9 @@ class Snapshotter:
         self.scratch_dir = Path(scratch_dir or tempfile.gettempdir())
         self.fork = fork and hasattr(os, "fork")
         self._running: _Running | None = None
+        if scratch_dir is not None:  # our own directory: leftovers of a crashed node go
+            for stale in self.scratch_dir.glob(_SCRATCH_GLOB):
+                stale.unlink(missing_ok=True)
 
     @property
     def busy(self) -> bool:
@@ -45,6 +50,9 @@ class Snapshotter:
         if pid == 0:  # the child: serialize, write, leave without running any cleanup
             code = 1
             try:
+                # Drop every inherited descriptor first: the store's lock and the bound
+                # sockets must die with the node, not live on in an orphan if it is killed.
+                os.closerange(3, _MAX_FD)
                 path.write_bytes(take())
                 code = 0
             finally:
