@@ -988,13 +988,27 @@ def run(args: argparse.Namespace, plan: Plan, base: Path) -> Results:
             wait_leader(nodes, worker, 60.0)
         return measure_all(clusters, worker, plan, set(args.phases.split(",")))
     finally:
-        worker.close()
-        for nodes in clusters.values():
+        stop_all(list(clusters.values()), worker)
+
+
+def stop_all(clusters: list[NodeSet], worker: Worker) -> None:
+    """The nodes first (they must not outlive us), then the worker; one failure stops no other."""
+    for nodes in clusters:
+        try:
             nodes.stop()
+        except (OSError, subprocess.SubprocessError) as exc:
+            say(f"{nodes.name}: could not stop every node: {exc}")
+    try:
+        worker.close()
+    except OSError as exc:
+        say(f"could not stop the load process: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Even when started with SIGINT ignored (a background job of a script), Ctrl-C / kill -INT
+    # must stop the run and its nodes.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     plan = QUICK if args.quick else FULL
     if args.inflight:
         plan = dataclasses.replace(plan, levels=(args.inflight,))

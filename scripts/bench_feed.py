@@ -20,6 +20,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -115,8 +116,8 @@ def watcher_process(servers: list[str], auction: str, count: int, deadline_s: fl
 
 
 def spawn_workers(servers: list[str], auction: str, watchers: int, deadline_s: float,
-                  root: Path) -> list[tuple[subprocess.Popen, Path]]:
-    procs = []
+                  root: Path, procs: list[tuple[subprocess.Popen, Path]]) -> None:
+    """Start the watcher processes, adding each to `procs` as soon as it runs."""
     per = [watchers // MAX_WORKERS + (i < watchers % MAX_WORKERS)
            for i in range(min(watchers, MAX_WORKERS))]
     for i, count in enumerate(per):
@@ -127,7 +128,6 @@ def spawn_workers(servers: list[str], auction: str, watchers: int, deadline_s: f
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=_env())
         procs.append((proc, out))
-    return procs
 
 
 def _env() -> dict[str, str]:
@@ -195,8 +195,9 @@ def feed_point(nodes: bc.NodeSet, worker: bc.Worker, watchers: int, plan: FeedPl
     auction = f"feed-{watchers}"
     worker.call(open_auction, nodes.servers, auction)
     deadline_s = READY_TIMEOUT_S + plan.seconds + DRAIN_TIMEOUT_S
-    procs = spawn_workers(nodes.servers, auction, watchers, deadline_s, root)
+    procs: list[tuple[subprocess.Popen, Path]] = []
     try:
+        spawn_workers(nodes.servers, auction, watchers, deadline_s, root, procs)
         wait_ready(procs, READY_TIMEOUT_S)
         started = time.monotonic()
         acks = worker.call(bid_steadily, nodes.servers, auction, plan.rate, plan.seconds)
@@ -318,6 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # see bench_compare.main
     if args.cmd == "worker":
         watcher_process(args.servers.split(","), args.auction, args.count, args.deadline_s,
                         args.out)
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         bc.say(f"error: {exc}")
         return 1
     finally:
-        load.close()
+        bc.stop_all([], load)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     print(f"{'quick' if args.quick else 'full'} run; {os.cpu_count()} CPUs, load average "
