@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -179,6 +180,45 @@ def _child_pids(pid: int) -> list[int]:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except FileNotFoundError:
         return []
+
+
+class PeakMemory(threading.Thread):
+    """Samples each node's memory plus that of the snapshot child it may have forked, and keeps
+    the peak. PSS (proportional set size), so that pages the child shares copy-on-write with
+    its parent are counted once, not twice as the two RSS would."""
+
+    def __init__(self, cluster: LocalCluster, every_s: float = 0.25):
+        super().__init__(daemon=True)
+        self.cluster, self.every_s = cluster, every_s
+        self.peaks = [0] * len(cluster.nodes)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.every_s):
+            for i, node in enumerate(self.cluster.nodes):
+                if node.proc is None or node.proc.poll() is not None:
+                    continue
+                pids = [node.proc.pid, *_child_pids(node.proc.pid)]
+                self.peaks[i] = max(self.peaks[i], sum(_pss(pid) for pid in pids))
+
+    def take(self) -> list[int]:
+        """The peaks since the previous take."""
+        peaks, self.peaks = self.peaks, [0] * len(self.peaks)
+        return peaks
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def _pss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass  # the child exited between listing and reading
+    return 0
 
 
 def _vm_rss(pid: int) -> int:
@@ -335,21 +375,25 @@ def drive(pipe: Pipeline, auctions: Auctions, tally: Tally, until: int,
 # --- phases ------------------------------------------------------------------------------------------
 
 
-def compare_durability(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> dict:
-    """Committed bids/s for each durability policy, each on a fresh cluster."""
-    rates = {}
-    for durability in ("always", "batch", "off"):
-        cluster = LocalCluster(root / f"compare-{durability}", args.nodes, durability,
-                               args.snapshot_every)
-        try:
-            cluster.start()
-            leader = cluster.wait_settled(60)
-            rates[durability] = _timed_bids(cluster, leader, args, ctx)
-        finally:
-            cluster.stop()
-        print(f"durability {durability:6}: {rates[durability]:9,.0f} committed bids/s "
-              f"({args.compare_bids:,} bids, {args.nodes} node(s), window {args.window})",
-              flush=True)
+def compare_durability(args: argparse.Namespace, root: Path,
+                       ctx: zmq.Context) -> dict[str, list[float]]:
+    """Committed bids/s for each durability policy, each time on a fresh cluster. The
+    policies take turns, round after round, so that a noisy machine hits them alike."""
+    rates: dict[str, list[float]] = {}
+    for round_no in range(args.compare_rounds):
+        for durability in ("always", "batch", "off"):
+            cluster = LocalCluster(root / f"compare-{durability}-{round_no}", args.nodes,
+                                   durability, args.snapshot_every)
+            try:
+                cluster.start()
+                leader = cluster.wait_settled(60)
+                rate = _timed_bids(cluster, leader, args, ctx)
+            finally:
+                cluster.stop()
+            rates.setdefault(durability, []).append(rate)
+            print(f"durability {durability:6}: {rate:9,.0f} committed bids/s "
+                  f"({args.compare_bids:,} bids, {args.nodes} node(s), window {args.window}; "
+                  f"load average {os.getloadavg()[0]:.1f})", flush=True)
     return rates
 
 
@@ -381,14 +425,18 @@ class Milestone:
     snapshots: dict[str, float]
     term: int  # the leader's term before the restart: > 1 means elections happened under load
     retried: int  # writes resent (same client and seq) after an error or a leader change
+    load_average: float  # of the machine (1 min) when the milestone was reached: others' CPU
+    peak_pss_mb: list[float]  # each node plus its snapshot child, the peak since the last one
 
 
 def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Milestone]:
     cluster = LocalCluster(root / "main", args.nodes, args.durability, args.snapshot_every)
     rows: list[Milestone] = []
     pipe: Pipeline | None = None
+    memory = PeakMemory(cluster)
     try:
         cluster.start()
+        memory.start()
         leader = cluster.wait_settled(60)
         auctions, tally = Auctions(cluster.servers, args.auction_duration_ms), Tally()
         for milestone in args.milestones:
@@ -398,19 +446,23 @@ def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Mil
             rate = (tally.committed - before) / (time.monotonic() - started)
             pipe.close()
             pipe = None
-            row, leader = _milestone(cluster, tally, auctions, rate)
+            peaks = memory.take()
+            row, leader = _milestone(cluster, tally, auctions, rate, peaks)
             rows.append(row)
             _print_milestone(row, args.nodes)
     finally:
         if pipe is not None:
             pipe.close()
+        if memory.is_alive():
+            memory.stop()
         cluster.stop()
     return rows
 
 
-def _milestone(cluster: LocalCluster, tally: Tally, auctions: Auctions,
-               rate: float) -> tuple[Milestone, str]:
+def _milestone(cluster: LocalCluster, tally: Tally, auctions: Auctions, rate: float,
+               peaks: list[int]) -> tuple[Milestone, str]:
     """Measure, then kill -9 every node and time the restart; check no accepted bid is lost."""
+    load_average = os.getloadavg()[0]
     leader = cluster.wait_settled()
     status = next(s for s in cluster.statuses() if s["addr"] == leader)
     rss, disk = cluster.rss_bytes(), cluster.disk_bytes()
@@ -428,7 +480,7 @@ def _milestone(cluster: LocalCluster, tally: Tally, auctions: Auctions,
                     [r * mb for r in cluster.rss_bytes()], [d * mb for d in disk],
                     status["snapshot_index"], status["last_index"], len(auctions.opened),
                     restart_s, _snapshot_stats(cluster.nodes[0].log_path), status["term"],
-                    tally.retried)
+                    tally.retried, load_average, [p * mb for p in peaks])
     return row, leader
 
 
@@ -441,7 +493,7 @@ def _snapshot_stats(log_path: Path) -> dict[str, float]:
             sizes.append(int(words[-5].lstrip("(")))
             pauses.append(float(words[-2]))
     return {"count": len(sizes), "last_mb": (sizes[-1] / 1e6) if sizes else 0.0,
-            "max_pause_ms": max(pauses, default=0.0)}
+            "max_snapshot_ms": max(pauses, default=0.0)}
 
 
 def _print_milestone(row: Milestone, nodes: int) -> None:
@@ -451,14 +503,17 @@ def _print_milestone(row: Milestone, nodes: int) -> None:
     print(f"\n== {row.committed:,} bids committed ({row.accepted:,} accepted, "
           f"{row.auctions_opened} auctions) on {nodes} node(s)", flush=True)
     print(f"   rate since previous milestone: {row.rate:,.0f} committed bids/s "
-          f"(term {row.term}, {row.retried} writes resent)")
+          f"(term {row.term}, {row.retried} writes resent; machine load average "
+          f"{row.load_average:.1f} on {os.cpu_count()} CPUs)")
     print(f"   RSS MB per node: {mbs(row.rss_mb)} (after restart: "
           f"{mbs(row.rss_after_restart_mb)})")
+    print(f"   peak memory MB per node, with its forked snapshot child (PSS): "
+          f"{mbs(row.peak_pss_mb)}")
     print(f"   disk MB per data dir: {mbs(row.disk_mb)}")
     snaps = row.snapshots
     print(f"   log: snapshot at {row.snapshot_index:,}, last index {row.last_index:,}; "
           f"{snaps['count']:.0f} snapshots so far, last {snaps['last_mb']:.1f} MB, "
-          f"longest snapshot pause {snaps['max_pause_ms']:,.0f} ms")
+          f"longest snapshot took {snaps['max_snapshot_ms']:,.0f} ms")
     print(f"   restart (kill -9, start, until applied == commit == last index): "
           f"{row.restart_s:.2f} s", flush=True)
 
@@ -479,6 +534,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="each auction closes this long after it opens")
     parser.add_argument("--compare-bids", type=int, default=100_000,
                         help="bids per durability policy in the comparison (0: skip it)")
+    parser.add_argument("--compare-rounds", type=int, default=2,
+                        help="each policy is measured this many times, taking turns")
     parser.add_argument("--root", type=Path, default=None, help="keep data here (default: tmp)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
