@@ -751,101 +751,127 @@ Results = dict[str, dict[str, Any]]  # system name -> numbers
 
 def measure_all(clusters: dict[str, NodeSet], worker: Worker, plan: Plan,
                 phases: set[str]) -> Results:
-    res: Results = {name: {"system": name} for name in clusters}
+    """Every phase, systems interleaved. A system that fails (a node died, no leader) is dropped
+    with its error recorded; the others go on."""
+    bench = Bench(dict(clusters), worker, plan)
     if "peak" in phases:
-        _peak(clusters, worker, res, plan)
-        if "zauction" in clusters:
-            _loadgen_crosscheck(clusters["zauction"], worker, res["zauction"], plan)
+        bench.peak()
+        if "zauction" in bench.live:
+            bench.guard("zauction", bench.loadgen_crosscheck)
     if "latency" in phases:
-        _latency(clusters, worker, res, plan)
-    if "search" in phases and all("peak" in r for r in res.values()):
-        _search(clusters, worker, res, plan)
-    if "overload" in phases and all("peak" in r for r in res.values()):
-        _overload(clusters, worker, res, plan)
+        bench.latency()
+    if "search" in phases:
+        bench.search()
+    if "overload" in phases:
+        bench.overload()
     if "failover" in phases:
-        _failovers(clusters, worker, res, plan)
-    return res
+        bench.failovers()
+    return bench.res
 
 
-def _closed_point(nodes: NodeSet, worker: Worker, plan: Plan, inflight: int) -> dict:
-    leader = settle(nodes, worker)
-    run = worker.call(closed_loop, nodes.servers, leader, inflight, plan.seconds, plan.warmup)
-    say(f"{nodes.name}: {inflight} in flight: {run['ops_s']:.0f} ops/s, p50 "
-        f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, failed {run['failed']}")
-    return {"inflight": inflight, **run}
+class Bench:
+    def __init__(self, live: dict[str, NodeSet], worker: Worker, plan: Plan):
+        self.live, self.worker, self.plan = live, worker, plan
+        self.res: Results = {name: {"system": name} for name in live}
 
+    def guard(self, name: str, action: Callable[[], Any]) -> Any:
+        """action(); if it fails with BenchError, `name` is out of the rest of the run."""
+        try:
+            return action()
+        except BenchError as exc:
+            self.res[name]["error"] = str(exc)
+            self.live.pop(name, None)
+            say(f"{name}: dropped from the rest of the run: {exc}")
+            return None
 
-def _peak(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
-    """Each in-flight level once; then the best level again until it has `runs` runs."""
-    for level in plan.levels:
-        for name, nodes in clusters.items():
-            point = _closed_point(nodes, worker, plan, level)
-            res[name].setdefault("sweep", []).append(point)
-    for name in clusters:
-        best = max(res[name]["sweep"], key=lambda r: r["ops_s"])
-        res[name]["peak_inflight"], res[name]["peak_runs"] = best["inflight"], [best]
-    for _ in range(plan.runs - 1):
-        for name, nodes in clusters.items():
-            point = _closed_point(nodes, worker, plan, res[name]["peak_inflight"])
-            res[name]["peak_runs"].append(point)
-    for name in clusters:
-        res[name]["peak"] = statistics.median(r["ops_s"] for r in res[name]["peak_runs"])
+    def each(self, action: Callable[[str, NodeSet], Any]) -> None:
+        for name, nodes in list(self.live.items()):
+            self.guard(name, lambda n=name, s=nodes: action(n, s))
 
+    def closed_point(self, nodes: NodeSet, inflight: int) -> dict:
+        leader = settle(nodes, self.worker)
+        run = self.worker.call(closed_loop, nodes.servers, leader, inflight, self.plan.seconds,
+                               self.plan.warmup)
+        say(f"{nodes.name}: {inflight} in flight: {run['ops_s']:.0f} ops/s, p50 "
+            f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, failed {run['failed']}")
+        return {"inflight": inflight, **run}
 
-def _latency(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
-    for _ in range(plan.runs):
-        for name, nodes in clusters.items():
-            point = _closed_point(nodes, worker, plan, 1)
-            res[name].setdefault("latency_runs", []).append(point)
-    for name in clusters:
-        runs = res[name]["latency_runs"]
-        res[name]["p50_ms"] = statistics.median(r["p50_ms"] for r in runs)
-        res[name]["p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
+    def peak(self) -> None:
+        """Each in-flight level once; then the best level again until it has `runs` runs."""
+        for level in self.plan.levels:
+            self.each(lambda name, nodes, lv=level: self.res[name].setdefault("sweep", [])
+                      .append(self.closed_point(nodes, lv)))
+        for name in self.live:
+            best = max(self.res[name]["sweep"], key=lambda r: r["ops_s"])
+            self.res[name].update(peak_inflight=best["inflight"], peak_runs=[best])
+        for _ in range(self.plan.runs - 1):
+            self.each(lambda name, nodes: self.res[name]["peak_runs"].append(
+                self.closed_point(nodes, self.res[name]["peak_inflight"])))
+        for name in self.live:
+            runs = self.res[name]["peak_runs"]
+            self.res[name]["peak"] = statistics.median(r["ops_s"] for r in runs)
 
+    def latency(self) -> None:
+        for _ in range(self.plan.runs):
+            self.each(lambda name, nodes: self.res[name].setdefault("latency_runs", [])
+                      .append(self.closed_point(nodes, 1)))
+        for name in self.live:
+            runs = self.res[name]["latency_runs"]
+            self.res[name]["p50_ms"] = statistics.median(r["p50_ms"] for r in runs)
+            self.res[name]["p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
 
-def _loadgen_crosscheck(nodes: NodeSet, worker: Worker, res: dict, plan: Plan) -> None:
-    inflight = res["peak_inflight"]
-    got = worker.call(loadgen_peak, nodes.servers, inflight, plan.seconds)
-    res["loadgen_peak"] = got["ops_s"]
-    say(f"zauction: {inflight} in flight, zauction.loadgen cross-check: {got['ops_s']:.0f} "
-        f"ops/s, p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms")
+    def loadgen_crosscheck(self) -> None:
+        nodes, res = self.live["zauction"], self.res["zauction"]
+        got = self.worker.call(loadgen_peak, nodes.servers, res["peak_inflight"],
+                               self.plan.seconds)
+        res["loadgen_peak"] = got["ops_s"]
+        say(f"zauction: {res['peak_inflight']} in flight, zauction.loadgen cross-check: "
+            f"{got['ops_s']:.0f} ops/s, p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms")
 
+    def search(self) -> None:
+        grids = {name: RateGrid(self.plan.grid_start, self.plan.grid_factor,
+                                self.res[name]["peak"]) for name in self.live
+                 if "peak" in self.res[name]}
 
-def _search(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
-    grids = {name: RateGrid(plan.grid_start, plan.grid_factor, res[name]["peak"])
-             for name in clusters}
-    while not all(g.done for g in grids.values()):
-        for name, nodes in clusters.items():
-            grid = grids[name]
-            if grid.done:
+        def step(name: str, nodes: NodeSet) -> None:
+            grid = grids.get(name)
+            if grid and not grid.done:
+                grid.record(self.open_point(nodes, grid.rate, self.plan.search_seconds, 1.0))
+
+        while any(not grids[name].done for name in self.live if name in grids):
+            self.each(step)
+        for name in self.live:
+            if name not in grids:
                 continue
-            point = worker.call(open_loop, nodes.servers, settle(nodes, worker), grid.rate,
-                                plan.search_seconds, plan.warmup, 1.0)
-            say(f"{name}: open loop {grid.rate:.0f}/s: p50 {point['p50_ms']:.2f} ms, "
-                f"p99 {point['p99_ms']:.2f} ms")
-            grid.record(point)
-    for name, grid in grids.items():
-        res[name]["p99_rate"] = grid.best(P99_TARGET_MS)
-        res[name]["p99_loose_rate"] = grid.best(P99_LOOSE_MS)
-        res[name]["search"] = grid.points
+            grid = grids[name]
+            self.res[name].update(p99_rate=grid.best(P99_TARGET_MS), search=grid.points,
+                                  p99_loose_rate=grid.best(P99_LOOSE_MS))
 
+    def open_point(self, nodes: NodeSet, rate: float, seconds: float, grace: float) -> dict:
+        point = self.worker.call(open_loop, nodes.servers, settle(nodes, self.worker), rate,
+                                 seconds, self.plan.warmup, grace)
+        say(f"{nodes.name}: open loop {rate:.0f}/s: p50 {point['p50_ms']:.2f} ms, p99 "
+            f"{point['p99_ms']:.2f} ms, {point['share']:.1%} committed, "
+            f"{point['commit_rate']:.0f} ops/s while offered")
+        return point
 
-def _overload(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
-    for name, nodes in clusters.items():
-        point = worker.call(open_loop, nodes.servers, settle(nodes, worker),
-                            1.5 * res[name]["peak"], plan.seconds, plan.warmup, plan.grace)
-        res[name]["overload"] = point
-        say(f"{name}: 1.5x peak ({point['rate']:.0f}/s) -> {point['share']:.1%} committed, "
-            f"{point['commit_rate']:.0f} ops/s while offered, p99 {point['p99_ms']:.0f} ms")
+    def overload(self) -> None:
+        def point(name: str, nodes: NodeSet) -> None:
+            if "peak" in self.res[name]:
+                self.res[name]["overload"] = self.open_point(
+                    nodes, 1.5 * self.res[name]["peak"], self.plan.seconds, self.plan.grace)
 
+        self.each(point)
 
-def _failovers(clusters: dict[str, NodeSet], worker: Worker, res: Results, plan: Plan) -> None:
-    for i in range(plan.kills):
-        for name, nodes in clusters.items():
-            took = failover_round(nodes, worker, plan)
-            res[name].setdefault("failover_s", []).append(took)
-            shown = f"{took * 1000:.0f} ms" if took is not None else "no answer in time"
-            say(f"{name}: failover {i + 1}/{plan.kills}: {shown}")
+    def failovers(self) -> None:
+        for i in range(self.plan.kills):
+            self.each(lambda name, nodes, k=i: self.failover(name, nodes, k))
+
+    def failover(self, name: str, nodes: NodeSet, i: int) -> None:
+        took = failover_round(nodes, self.worker, self.plan)
+        self.res[name].setdefault("failover_s", []).append(took)
+        shown = f"{took * 1000:.0f} ms" if took is not None else "no answer in time"
+        say(f"{name}: failover {i + 1}/{self.plan.kills}: {shown}")
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -1014,19 +1040,25 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, levels=(args.inflight,))
     base = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     load_before = os.getloadavg()
+    res: Results = {}
+    keep = args.keep  # and whenever something failed: the node logs say why
     try:
         with sigterm_as_interrupt():
             res = run(args, plan, base)
+        keep = keep or any("error" in r for r in res.values())
     except KeyboardInterrupt:
         say("interrupted: every node started was stopped")
         return 130
     except BenchError as exc:
-        say(f"error: {exc}")
+        keep = True
+        say(f"error: {exc} (data directories and logs kept in {base})")
         return 1
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(base, ignore_errors=True)
     print(report(res, plan, args, load_before))
+    if keep:
+        print(f"\ndata directories and node logs kept in {base}")
     if args.json:
         doc = {"plan": dataclasses.asdict(plan), "args": vars(args), "results": res}
         args.json.write_text(json.dumps(doc, indent=2, default=str))
@@ -1046,6 +1078,8 @@ def report(res: Results, plan: Plan, args: argparse.Namespace,
         "", table(res, plan), ""]
     for result in res.values():
         lines += details(result)
+        if "error" in result:
+            lines.append(f"{result['system']} DROPPED: {result['error']}")
     return "\n".join(lines)
 
 
