@@ -283,7 +283,9 @@ def test_a_retry_after_a_whole_cluster_crash_gets_the_stored_reply(cluster: Clus
         others.bid(amount, "bob")
     history = agreed_history(cluster, list(cluster.nodes))
     (index,) = [h["index"] for h in history if h["bidder"] == "alice" and h["amount"] == 200]
-    assert all(s["snapshot_index"] > index for s in cluster.statuses().values())
+    # Snapshots are written in the background: wait until every node's covers the bid.
+    wait_until(lambda: all(s["snapshot_index"] > index for s in cluster.statuses().values()),
+               10.0, f"every node to snapshot past index {index}", cluster.explain)
     crash_and_restart(cluster)
     # The stored reply (high 200), not a second judgement (which would be below_increment).
     assert retry(cluster, "alice", 2, 200) == second
