@@ -567,7 +567,7 @@ def test_result_history_and_auctions(driver: Driver) -> None:
     assert driver.state.result("a") == {
         "auction": "a", "state": "open", "highest": {"bidder": "bob", "amount": 110},
         "winner": None, "item": "a lamp", "reserve": 100, "increment": 10,
-        "opens_at_ms": 1_000, "closes_at_ms": 5_000, "bids": 2,
+        "opens_at_ms": 1_000, "closes_at_ms": 5_000, "bids": 2, "retained_bids": 2,
     }
     assert driver.state.history("a") == [
         {"index": 3, "bidder": "alice", "amount": 100, "ts_ms": 1_500},
@@ -694,7 +694,7 @@ def corrupt_snapshots() -> list[Any]:
     wire = msgpack.unpackb(good.state.snapshot(), raw=False)
     swapped = [*wire[:3], wire[3][::-1]]  # sessions out of eviction order
     bad_bid = msgpack.unpackb(good.state.snapshot(), raw=False)
-    bad_bid[2][0][7][0][2] = -1
+    bad_bid[2][0][9][0][2] = -1  # the auction row's bid list is its 10th field
     bad_reply = msgpack.unpackb(good.state.snapshot(), raw=False)
     bad_reply[3][0][3]["reason"] = "nope"
     return [b"", b"\xc1", good.state.snapshot()[:-3], msgpack.packb([9, *wire[1:]]),

@@ -7,10 +7,12 @@ log reaches byte-identical state, the same replies and the same events.
 
 from __future__ import annotations
 
+import heapq
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from itertools import islice, pairwise
 from typing import Any
 
 import msgpack
@@ -34,11 +36,17 @@ from zauction.commands import (
 
 MAX_SESSIONS = 100_000
 MAX_PENDING_EVENTS = 100_000
-SNAPSHOT_VERSION = 1
+MAX_RETAINED_BIDS = 2_000_000
+MAX_CLOSED_AUCTIONS = 10_000
+SNAPSHOT_VERSION = 2  # 2: retention (closed_index, bids_total and high per auction)
 
 
 class UnknownAuction(ZauctionError, LookupError):
-    """A query named an auction that was never opened."""
+    """A query named an auction that was never opened, or closed and since forgotten."""
+
+
+class InvalidLimit(ZauctionError, ValueError):
+    """An AuctionState limit (max_sessions, max_retained_bids, ...) is not a positive int."""
 
 
 class ApplyOrderError(ZauctionError, ValueError):
@@ -196,46 +204,60 @@ BidRecord = tuple[int, str, int, int]  # (log index, bidder, amount, ts_ms): com
 
 
 class _Auction:
-    """One auction's mutable state. Accepted bids strictly increase, so the last is high."""
+    """One auction's mutable state.
+
+    `bids` is the retained tail of the accepted bids (the oldest may have been evicted, see
+    _Retention); `bids_total` counts every bid ever accepted and `high` is the last one,
+    kept apart from `bids` so that eviction can never lose what the rules judge against.
+    `closed_index` is the log index of the close entry, 0 while open.
+    """
 
     __slots__ = ("auction", "item", "reserve", "increment", "opens_at_ms", "closes_at_ms",
-                 "closed", "bids")
+                 "closed_index", "bids_total", "high", "bids")
 
-    def __init__(self, spec: OpenAuction, closed: bool = False,
-                 bids: list[BidRecord] | None = None) -> None:
+    def __init__(self, spec: OpenAuction) -> None:
         self.auction = spec.auction
         self.item = spec.item
         self.reserve = spec.reserve
         self.increment = spec.increment
         self.opens_at_ms = spec.opens_at_ms
         self.closes_at_ms = spec.closes_at_ms
-        self.closed = closed
-        self.bids: list[BidRecord] = bids if bids is not None else []
+        self.closed_index = 0
+        self.bids_total = 0
+        self.high: BidRecord | None = None
+        self.bids: deque[BidRecord] = deque()
 
     @property
-    def high(self) -> BidRecord | None:
-        return self.bids[-1] if self.bids else None
+    def closed(self) -> bool:
+        return self.closed_index > 0
 
     @property
     def high_amount(self) -> int | None:
-        return self.bids[-1][2] if self.bids else None
+        high = self.high
+        return high[2] if high is not None else None
+
+    @property
+    def first_retained_seq(self) -> int:
+        """Feed seq of the oldest retained bid (bids_total + 1 when none is retained)."""
+        return self.bids_total - len(self.bids) + 1
 
     def min_next_at(self, ts_ms: int) -> int | None:
         """The smallest bid accepted at `ts_ms`; None once bidding has ended."""
-        if self.closed or ts_ms >= self.closes_at_ms:
+        if self.closed_index or ts_ms >= self.closes_at_ms:
             return None
-        bids = self.bids
-        return bids[-1][2] + self.increment if bids else self.reserve
+        high = self.high
+        return high[2] + self.increment if high is not None else self.reserve
 
     def refusal(self, ts_ms: int, amount: int) -> str | None:
         """Why a bid of `amount` at `ts_ms` is refused, or None if it is accepted."""
-        if self.closed or ts_ms >= self.closes_at_ms:
+        if self.closed_index or ts_ms >= self.closes_at_ms:
             return Reason.AUCTION_CLOSED
         if ts_ms < self.opens_at_ms:
             return Reason.NOT_OPEN_YET
-        if not self.bids:
+        high = self.high
+        if high is None:
             return Reason.BELOW_RESERVE if amount < self.reserve else None
-        if amount < self.bids[-1][2] + self.increment:
+        if amount < high[2] + self.increment:
             return Reason.BELOW_INCREMENT
         return None
 
@@ -244,20 +266,118 @@ class _Auction:
         highest = {"bidder": high[1], "amount": high[2]} if high else None
         return {
             "auction": self.auction,
-            "state": "closed" if self.closed else "open",
+            "state": "closed" if self.closed_index else "open",
             "highest": highest,
-            "winner": dict(highest) if (self.closed and highest) else None,
+            "winner": dict(highest) if (self.closed_index and highest) else None,
             "item": self.item,
             "reserve": self.reserve,
             "increment": self.increment,
             "opens_at_ms": self.opens_at_ms,
             "closes_at_ms": self.closes_at_ms,
-            "bids": len(self.bids),
+            "bids": self.bids_total,
+            "retained_bids": len(self.bids),
         }
 
     def to_wire(self) -> list[Any]:
+        high = list(self.high) if self.high is not None else None
         return [self.auction, self.item, self.reserve, self.increment, self.opens_at_ms,
-                self.closes_at_ms, self.closed, [list(b) for b in self.bids]]
+                self.closes_at_ms, self.closed_index, self.bids_total, high,
+                [list(b) for b in self.bids]]
+
+
+# --- retention: what is kept, decided identically on every replica -----------------------
+
+# Stale entries (of auctions closed since) tolerated in the open-bid order beyond twice the
+# live ones, before it is rebuilt: rebuilding then costs O(1) amortized per bid.
+_STALE_SLACK = 1024
+
+
+class _Retention:
+    """Bounds the retained bid records and closed auctions.
+
+    Beyond `max_bids` retained records, the oldest record of the oldest-closed auction that
+    still has any is evicted, else the oldest record (by log index) of any open auction.
+    Beyond `max_closed` closed auctions, the oldest-closed one is forgotten entirely.
+    Every structure is derived from the auctions alone (see `rebuild`), so a snapshot
+    restores exactly the decisions a replica that never restarted would make.
+    """
+
+    __slots__ = ("max_bids", "max_closed", "retained", "open_retained", "open_order",
+                 "closed", "closed_with_bids")
+
+    def __init__(self, max_bids: int, max_closed: int) -> None:
+        self.max_bids = max_bids
+        self.max_closed = max_closed
+        self.retained = 0  # records in every auction's `bids`
+        self.open_retained = 0  # of which in open auctions
+        # One entry per retained record of an open auction, in log order; entries of auctions
+        # closed since are stale and skipped (each open auction's entries match its `bids`).
+        self.open_order: deque[_Auction] = deque()
+        self.closed: deque[_Auction] = deque()  # every closed auction, oldest-closed first
+        self.closed_with_bids: deque[_Auction] = deque()  # those with records, same order
+
+    def accept(self, auction: _Auction, record: BidRecord) -> None:
+        """Record an accepted bid (the hot path: O(1), evicting at most one record)."""
+        auction.high = record
+        auction.bids_total += 1
+        auction.bids.append(record)
+        self.open_order.append(auction)
+        self.open_retained += 1
+        self.retained += 1
+        if self.retained > self.max_bids:
+            self._evict_one()
+
+    def _evict_one(self) -> None:
+        closed = self.closed_with_bids
+        if closed:
+            oldest = closed[0]
+            oldest.bids.popleft()
+            if not oldest.bids:
+                closed.popleft()
+        else:
+            order = self.open_order
+            while order[0].closed_index:
+                order.popleft()
+            order.popleft().bids.popleft()
+            self.open_retained -= 1
+        self.retained -= 1
+
+    def on_close(self, auction: _Auction) -> list[_Auction]:
+        """Account for an auction just closed; returns the closed auctions now forgotten."""
+        self.open_retained -= len(auction.bids)
+        self.closed.append(auction)
+        if auction.bids:
+            self.closed_with_bids.append(auction)
+        if len(self.open_order) > 2 * self.open_retained + _STALE_SLACK:
+            self.open_order = deque(a for a in self.open_order if not a.closed_index)
+        return self._drop_beyond_cap()
+
+    def _drop_beyond_cap(self) -> list[_Auction]:
+        dropped = []
+        while len(self.closed) > self.max_closed:
+            oldest = self.closed.popleft()
+            if self.closed_with_bids and self.closed_with_bids[0] is oldest:
+                self.closed_with_bids.popleft()
+            self.retained -= len(oldest.bids)
+            oldest.bids.clear()
+            dropped.append(oldest)
+        return dropped
+
+    def rebuild(self, auctions: list[_Auction]) -> list[_Auction]:
+        """Derive every structure from restored auctions, then apply the caps (a snapshot
+        taken with larger caps shrinks); returns the closed auctions forgotten."""
+        opened = [a for a in auctions if not a.closed_index]
+        self.closed = deque(sorted((a for a in auctions if a.closed_index),
+                                   key=lambda a: a.closed_index))
+        self.closed_with_bids = deque(a for a in self.closed if a.bids)
+        streams = [[(record[0], n) for record in a.bids] for n, a in enumerate(opened)]
+        self.open_order = deque(opened[n] for _, n in heapq.merge(*streams))
+        self.open_retained = len(self.open_order)
+        self.retained = sum(len(a.bids) for a in auctions)
+        dropped = self._drop_beyond_cap()
+        while self.retained > self.max_bids:
+            self._evict_one()
+        return dropped
 
 
 # --- sessions --------------------------------------------------------------------------
@@ -272,18 +392,27 @@ Session = tuple[int, int, Reply]
 Handler = Callable[[int, int, int, Any], Reply]
 
 
+def _check_limit(value: object, name: str) -> int:
+    if type(value) is not int or value < 1:
+        raise InvalidLimit(f"{name} must be a positive int, not {value!r}")
+    return value
+
+
 class AuctionState:
     """Auctions, bids and client sessions, changed only by `apply`.
 
-    `max_sessions` is configuration, not state, and must be the same on every replica
-    (eviction decides which retries are still recognised).
+    The `max_*` limits are configuration, not state, and must be the same on every replica:
+    they decide which retries are still recognised (sessions), which bid records are kept
+    (retained bids) and which closed auctions are still known (closed auctions).
     """
 
     def __init__(self, max_sessions: int = MAX_SESSIONS,
-                 max_pending_events: int = MAX_PENDING_EVENTS) -> None:
-        if type(max_sessions) is not int or max_sessions < 1:
-            raise ValueError("max_sessions must be a positive int")
-        self._max_sessions = max_sessions
+                 max_pending_events: int = MAX_PENDING_EVENTS,
+                 max_retained_bids: int = MAX_RETAINED_BIDS,
+                 max_closed_auctions: int = MAX_CLOSED_AUCTIONS) -> None:
+        self._max_sessions = _check_limit(max_sessions, "max_sessions")
+        self._retention = _Retention(_check_limit(max_retained_bids, "max_retained_bids"),
+                                     _check_limit(max_closed_auctions, "max_closed_auctions"))
         self._applied_index = 0
         self._auctions: dict[str, _Auction] = {}
         self._open: set[str] = set()
@@ -306,6 +435,16 @@ class AuctionState:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    @property
+    def retained_bid_count(self) -> int:
+        """Bid records held across all auctions (at most max_retained_bids)."""
+        return self._retention.retained
+
+    @property
+    def closed_auction_count(self) -> int:
+        """Closed auctions still known (at most max_closed_auctions)."""
+        return len(self._retention.closed)
 
     # --- applying the log ---
 
@@ -356,7 +495,7 @@ class AuctionState:
         refusal = auction.refusal(ts_ms, amount)
         if refusal is None:
             # Interned: a bidder's name is then stored once, not once per bid.
-            auction.bids.append((index, sys.intern(bidder), amount, ts_ms))
+            self._retention.accept(auction, (index, sys.intern(bidder), amount, ts_ms))
             self._events.append(BidAccepted(index, term, name, bidder, amount))
         # Positional arguments (ok, reason, auction, bidder, amount, high, min_next) because
         # this line runs for every bid and keyword passing costs a measurable 0.5 us.
@@ -381,8 +520,10 @@ class AuctionState:
         if auction.closed:
             return Reply(ok=True, auction=cmd.auction, winner=winner, amount=amount,
                          high=amount, detail="already closed")
-        auction.closed = True
+        auction.closed_index = index
         self._open.discard(cmd.auction)
+        for forgotten in self._retention.on_close(auction):
+            del self._auctions[forgotten.auction]
         self._events.append(AuctionClosed(index, term, cmd.auction, winner, amount))
         return Reply(ok=True, auction=cmd.auction, winner=winner, amount=amount, high=amount)
 
@@ -410,15 +551,23 @@ class AuctionState:
         return self._get(auction).summary()
 
     def bid_count(self, auction: str) -> int:
-        """Accepted bids so far (cheap: the feed numbers its events with it)."""
-        return len(self._get(auction).bids)
+        """Accepted bids ever, retained or not (cheap: the feed numbers its events with it)."""
+        return self._get(auction).bids_total
 
-    def history(self, auction: str) -> list[dict[str, Any]]:
+    def history(self, auction: str, after_seq: int = 0) -> list[dict[str, Any]]:
+        """The retained bids with feed seq > after_seq, oldest first. Retained are the last
+        `result()["retained_bids"]` of all `result()["bids"]`, from `history_start_seq`."""
+        found = self._get(auction)
+        skip = max(0, after_seq - found.first_retained_seq + 1)
         return [{"index": i, "bidder": b, "amount": a, "ts_ms": t}
-                for i, b, a, t in self._get(auction).bids]
+                for i, b, a, t in islice(found.bids, skip, None)]
+
+    def history_start_seq(self, auction: str) -> int:
+        """Feed seq of history(auction)[0]; bid_count + 1 when no bid is retained."""
+        return self._get(auction).first_retained_seq
 
     def auctions(self) -> list[dict[str, Any]]:
-        """Every auction ever opened, sorted by id."""
+        """Every auction known (open, or among the last max_closed_auctions closed), by id."""
         return [self._auctions[name].summary() for name in sorted(self._auctions)]
 
     def due_to_close(self, now_ms: int) -> list[str]:
@@ -443,17 +592,22 @@ class AuctionState:
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's; on InvalidSnapshot nothing changes."""
         applied, auctions, sessions = _parse_snapshot(data)
+        for forgotten in self._retention.rebuild(list(auctions.values())):
+            del auctions[forgotten.auction]
         self._applied_index = applied
         self._auctions = auctions
-        self._open = {name for name, a in auctions.items() if not a.closed}
+        self._open = {name for name, a in auctions.items() if not a.closed_index}
         self._sessions = sessions
         while len(self._sessions) > self._max_sessions:
             self._sessions.popitem(last=False)
         self._events.clear()
 
     @classmethod
-    def from_snapshot(cls, data: bytes, max_sessions: int = MAX_SESSIONS) -> AuctionState:
-        state = cls(max_sessions=max_sessions)
+    def from_snapshot(cls, data: bytes, max_sessions: int = MAX_SESSIONS,
+                      max_retained_bids: int = MAX_RETAINED_BIDS,
+                      max_closed_auctions: int = MAX_CLOSED_AUCTIONS) -> AuctionState:
+        state = cls(max_sessions=max_sessions, max_retained_bids=max_retained_bids,
+                    max_closed_auctions=max_closed_auctions)
         state.restore(data)
         return state
 
@@ -470,7 +624,7 @@ def _parse_snapshot(data: bytes) -> _Parsed:
         if type(version) is not int or version != SNAPSHOT_VERSION:
             raise InvalidSnapshot(f"unsupported snapshot version {version!r}")
         check_int(applied, "applied_index", 0, MAX_SEQ)
-        return applied, _parse_auctions(auctions), _parse_sessions(sessions)
+        return applied, _parse_auctions(auctions, applied), _parse_sessions(sessions)
     except InvalidSnapshot:
         raise
     except (InvalidCommand, InvalidReply) as exc:
@@ -479,14 +633,38 @@ def _parse_snapshot(data: bytes) -> _Parsed:
         raise InvalidSnapshot(f"invalid snapshot ({type(exc).__name__})") from None
 
 
-def _parse_auctions(rows: list[Any]) -> dict[str, _Auction]:
+def _parse_auctions(rows: list[Any], applied: int) -> dict[str, _Auction]:
     auctions: dict[str, _Auction] = {}
-    for name, item, reserve, increment, opens, closes, closed, bids in rows:
-        spec = OpenAuction(name, item, reserve, increment, opens, closes)
-        if type(closed) is not bool or name in auctions:
-            raise InvalidSnapshot(f"bad auction record {name!r}")
-        auctions[name] = _Auction(spec, closed, [_parse_bid(bid) for bid in bids])
+    closed_at: set[int] = set()
+    for row in rows:
+        auction = _parse_auction(row, applied)
+        # Close indexes order the eviction of closed auctions, so they must be distinct.
+        if auction.auction in auctions or auction.closed_index in closed_at:
+            raise InvalidSnapshot(f"auction {auction.auction!r} repeats a name or close index")
+        if auction.closed_index:
+            closed_at.add(auction.closed_index)
+        auctions[auction.auction] = auction
     return auctions
+
+
+def _parse_auction(row: list[Any], applied: int) -> _Auction:
+    name, item, reserve, increment, opens, closes, closed_index, total, high, bids = row
+    auction = _Auction(OpenAuction(name, item, reserve, increment, opens, closes))
+    check_int(closed_index, "closed_index", 0, applied)
+    check_int(total, "bids_total", 0, MAX_SEQ)
+    retained = deque(_parse_bid(bid) for bid in bids)
+    parsed_high = None if high is None else _parse_bid(high)
+    consistent = (
+        (parsed_high is None) == (total == 0)
+        and len(retained) <= total
+        and (not retained or retained[-1] == parsed_high)
+        and all(a[0] < b[0] for a, b in pairwise(retained))
+    )
+    if not consistent:
+        raise InvalidSnapshot(f"auction {name!r}: bids, bids_total and high disagree")
+    auction.closed_index, auction.bids_total, auction.bids = closed_index, total, retained
+    auction.high = retained[-1] if retained else parsed_high  # one tuple, not two
+    return auction
 
 
 def _parse_bid(row: list[Any]) -> BidRecord:

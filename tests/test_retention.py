@@ -1,0 +1,334 @@
+"""Bounded retention in AuctionState: bid records and closed auctions are capped, evicted in
+a deterministic order, and snapshots round-trip the decisions; the feed's gap filling hands a
+subscriber the current state when the bids it missed are no longer retained."""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+from collections import Counter
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zauction.commands import Bid, CloseAuction, OpenAuction, Reason, Request, encode_request
+from zauction.domain import AuctionState, InvalidLimit, InvalidSnapshot, Reply, UnknownAuction
+from zauction.service import events_after
+
+FAR = 10**12  # a deadline no test reaches
+
+
+def internal(cmd: Any, ts: int = 2_000) -> bytes:
+    return encode_request(Request("", 0, ts, cmd))
+
+
+def opening(name: str, reserve: int = 1, increment: int = 1) -> bytes:
+    return internal(OpenAuction(name, name, reserve, increment, 0, FAR))
+
+
+def bidding(auction: str, amount: int, bidder: str = "bo", client: str = "",
+            seq: int = 0) -> bytes:
+    return encode_request(Request(client, seq, 2_000, Bid(auction, bidder, amount)))
+
+
+class Replica:
+    """One AuctionState fed consecutive log indexes."""
+
+    def __init__(self, state: AuctionState) -> None:
+        self.state = state
+        self.index = state.applied_index
+
+    def feed(self, payloads: list[bytes]) -> list[Reply]:
+        replies = []
+        for payload in payloads:
+            self.index += 1
+            replies.append(self.state.apply(self.index, 1, payload))
+        return replies
+
+
+def small(**caps: int) -> Replica:
+    return Replica(AuctionState(max_pending_events=1, **caps))
+
+
+def restarted(replica: Replica, **caps: int) -> Replica:
+    """The replica after a restart from its own snapshot."""
+    return Replica(AuctionState.from_snapshot(replica.state.snapshot(), **caps))
+
+
+def bids(auction: str, first: int, count: int) -> list[bytes]:
+    return [bidding(auction, amount) for amount in range(first, first + count)]
+
+
+def amounts(state: AuctionState, auction: str) -> list[int]:
+    return [bid["amount"] for bid in state.history(auction)]
+
+
+def churn(seed: int, steps: int, turnover: float = 0.005) -> list[bytes]:
+    """Auctions opening, taking bids (mostly accepted, some refused, some from sessions with
+    retries) and closing, a few open at a time: the long-running shape retention is for.
+    `turnover` is the chance of an opening, and of a close, at each step."""
+    rng = random.Random(seed)
+    opened, open_now, out = 0, [], []
+    amount = 1
+    for step in range(steps):
+        roll = rng.random()
+        if not open_now or roll < turnover and len(open_now) < 4:
+            opened += 1
+            open_now.append(f"x{opened}")
+            out.append(opening(f"x{opened}"))
+        elif turnover <= roll < 2 * turnover and len(open_now) > 1:
+            out.append(internal(CloseAuction(open_now.pop(rng.randrange(len(open_now))))))
+        else:
+            amount += rng.choice((1, 1, 1, 0))  # 0: refused below the increment, mostly
+            client = rng.choice(("", "", "c1", "c2"))
+            payload = bidding(rng.choice(open_now), amount, f"b{step % 7}", client, step)
+            out.append(payload)
+            if client and rng.random() < 0.05:
+                out.append(payload)  # a retry: the stored reply, not a second bid
+    return out
+
+
+# --- caps ---------------------------------------------------------------------------------
+
+
+def test_retained_bids_and_closed_auctions_never_exceed_their_caps() -> None:
+    replica = small(max_retained_bids=1_000, max_closed_auctions=5)
+    state, accepted, at_cap, previous = replica.state, Counter[str](), 0, b""
+    for payload in churn(1, 200_000):
+        reply = replica.feed([payload])[0]
+        if reply.ok and reply.bidder is not None and payload != previous:  # not a retry
+            accepted[reply.auction or ""] += 1
+        previous = payload
+        assert state.retained_bid_count <= 1_000 and state.closed_auction_count <= 5
+        at_cap += state.retained_bid_count == 1_000
+    known = state.auctions()
+    assert at_cap > 100_000  # the caps were really reached, and then held exactly
+    assert len(known) - sum(a["state"] == "open" for a in known) == 5
+    assert sum(a["retained_bids"] for a in known) == 1_000
+    assert {a["auction"]: a["bids"] for a in known} == {a["auction"]: accepted[a["auction"]]
+                                                         for a in known}
+    assert sum(accepted.values()) > 150_000
+
+
+def test_bid_count_keeps_counting_every_bid() -> None:
+    replica = small(max_retained_bids=4)
+    replica.feed([opening("a"), *bids("a", 1, 30)])
+    state = replica.state
+    assert state.bid_count("a") == state.result("a")["bids"] == 30
+    assert state.result("a")["retained_bids"] == 4 and amounts(state, "a") == [27, 28, 29, 30]
+
+
+def test_memory_stops_growing_once_the_caps_are_reached() -> None:
+    # Each auction takes 400 bids and closes, so eviction always finds a closed history:
+    # bookkeeping of the open auctions' bids must not pile up meanwhile.
+    payloads = []
+    for n in range(100):
+        payloads += [opening(f"a{n}"), *bids(f"a{n}", 1, 400), internal(CloseAuction(f"a{n}"))]
+    replica = small(max_retained_bids=1_000, max_closed_auctions=5)
+    replica.feed(payloads[:10_000])  # caps reached, every structure at its working size
+    tracemalloc.start()
+    try:
+        replica.feed(payloads[10_000:20_000])
+        middle = tracemalloc.get_traced_memory()[0]
+        replica.feed(payloads[20_000:])
+        growth = tracemalloc.get_traced_memory()[0] - middle
+    finally:
+        tracemalloc.stop()
+    assert replica.state.retained_bid_count == 1_000
+    assert growth < 32 * 1024, f"grew {growth} bytes over 20,000 more bids"
+
+
+def test_snapshot_size_stays_bounded_once_the_caps_are_reached() -> None:
+    replica = small(max_retained_bids=500, max_closed_auctions=5)
+    payloads = churn(2, 60_000)
+    sizes = []
+    for start in range(0, len(payloads), 5_000):
+        replica.feed(payloads[start:start + 5_000])
+        sizes.append(len(replica.state.snapshot()))
+    steady = sizes[2:]  # after the first 10,000 entries the caps hold
+    assert max(steady) < 1.25 * min(steady), sizes
+    assert max(steady) < 60_000  # 500 records of ~30 bytes plus a few auction summaries
+
+
+@pytest.mark.parametrize("caps", [{"max_retained_bids": 0}, {"max_closed_auctions": -1},
+                                  {"max_retained_bids": 1.5}, {"max_sessions": True}])
+def test_limits_must_be_positive_ints(caps: dict[str, Any]) -> None:
+    with pytest.raises(InvalidLimit):
+        AuctionState(**caps)
+
+
+# --- what is evicted, in which order ----------------------------------------------------------
+
+
+def test_the_high_bid_survives_eviction_and_later_bids_are_judged_against_it() -> None:
+    replica = small(max_retained_bids=3)
+    replica.feed([opening("a", reserve=50, increment=10), opening("b"), bidding("a", 100)])
+    replica.feed(bids("b", 1, 5))  # evicts a's only record, its high
+    state = replica.state
+    assert state.result("a")["retained_bids"] == 0 and state.history("a") == []
+    assert state.result("a")["highest"] == {"bidder": "bo", "amount": 100}
+    low, ok = replica.feed([bidding("a", 105), bidding("a", 110, "al")])
+    assert (low.ok, low.reason, low.high, low.min_next) == (False, Reason.BELOW_INCREMENT,
+                                                            100, 110)
+    assert (ok.ok, ok.high, ok.min_next) == (True, 110, 120)
+    replica.feed([*bids("b", 10, 5), internal(CloseAuction("a"))])  # a's records evicted again
+    assert state.result("a")["winner"] == {"bidder": "al", "amount": 110}
+    assert state.bid_count("a") == 2 and state.history("a") == []
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_open_auctions_lose_their_oldest_bids_by_log_index(restart: bool) -> None:
+    replica = small(max_retained_bids=4)
+    replica.feed([opening("a"), opening("b"), bidding("a", 1), bidding("b", 1),
+                  bidding("b", 2), bidding("a", 2)])
+    if restart:
+        replica = restarted(replica, max_retained_bids=4)
+    replica.feed([bidding("a", 3)])
+    state = replica.state
+    assert (amounts(state, "a"), amounts(state, "b")) == ([2, 3], [1, 2])  # a's 1 went first
+    replica.feed([bidding("a", 4), bidding("a", 5)])
+    assert (amounts(state, "a"), amounts(state, "b")) == ([2, 3, 4, 5], [])
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_closed_histories_go_first_oldest_closed_first(restart: bool) -> None:
+    replica = small(max_retained_bids=6)
+    replica.feed([opening("a"), opening("b"), opening("c"), *bids("a", 1, 2), *bids("b", 1, 2),
+                  *bids("c", 1, 2), internal(CloseAuction("b")), internal(CloseAuction("a"))])
+    if restart:  # the close order, not the name order, must survive the snapshot
+        replica = restarted(replica, max_retained_bids=6)
+    state = replica.state
+    replica.feed(bids("c", 3, 3))  # closed b lost both, then closed a one; open c nothing
+    assert (amounts(state, "a"), amounts(state, "b")) == ([2], [])
+    assert amounts(state, "c") == [1, 2, 3, 4, 5]
+    replica.feed(bids("c", 6, 2))  # closed histories gone: c's own oldest now
+    assert (amounts(state, "a"), amounts(state, "c")) == ([], [2, 3, 4, 5, 6, 7])
+    assert state.result("b")["winner"] == {"bidder": "bo", "amount": 2}  # summary kept
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_beyond_the_closed_cap_the_oldest_closed_auction_is_forgotten(restart: bool) -> None:
+    replica = small(max_closed_auctions=2)
+    replica.feed([opening("a"), opening("b"), opening("c"), *bids("c", 1, 3), *bids("a", 1, 2),
+                  internal(CloseAuction("c")), internal(CloseAuction("a"))])
+    if restart:
+        replica = restarted(replica, max_closed_auctions=2)
+    state = replica.state
+    assert state.retained_bid_count == 5
+    [closing] = replica.feed([internal(CloseAuction("b"))])
+    assert closing.ok and state.closed_auction_count == 2 and state.retained_bid_count == 2
+    with pytest.raises(UnknownAuction):
+        state.result("c")
+    assert [a["auction"] for a in state.auctions()] == ["a", "b"]
+    late = replica.feed([bidding("c", 9)])[0]
+    assert (late.ok, late.reason) == (False, Reason.UNKNOWN_AUCTION)
+
+
+# --- history and the feed's gap filling --------------------------------------------------------
+
+
+def test_history_is_the_retained_tail_with_its_feed_seq() -> None:
+    replica = small(max_retained_bids=5)
+    replica.feed([opening("a"), *bids("a", 101, 12)])
+    state = replica.state
+    assert state.history_start_seq("a") == 8
+    assert [(b["index"], b["amount"]) for b in state.history("a")] == [
+        (9, 108), (10, 109), (11, 110), (12, 111), (13, 112)]  # seq n is log index n + 1 here
+    assert amounts(state, "a") == [100 + seq for seq in range(8, 13)]
+    assert [b["amount"] for b in state.history("a", after_seq=10)] == [111, 112]
+    assert state.history("a", after_seq=12) == [] and len(state.history("a", -3)) == 5
+
+
+def test_events_after_gives_the_current_state_when_missed_bids_are_gone() -> None:
+    replica = small(max_retained_bids=5)
+    replica.feed([opening("a"), *bids("a", 101, 12)])
+    state = replica.state
+    reset, *rest = events_after(state, "a", 2)
+    assert reset == {"type": "snapshot", "auction": "a", "seq": 7, "state": state.result("a")}
+    assert [(e["type"], e["seq"], e["amount"]) for e in rest] == [
+        ("bid_accepted", seq, 100 + seq) for seq in range(8, 13)]
+    assert [e["seq"] for e in events_after(state, "a", 7)] == [8, 9, 10, 11, 12]
+    assert [e["seq"] for e in events_after(state, "a", 10)] == [11, 12]
+    replica.feed([internal(CloseAuction("a")), opening("b"), *bids("b", 1, 5)])
+    reset, closed = events_after(state, "a", 0)  # a kept no record: state, then the close
+    assert (reset["type"], reset["seq"], reset["state"]["state"]) == ("snapshot", 12, "closed")
+    assert (closed["type"], closed["seq"], closed["amount"]) == ("auction_closed", 13, 112)
+    assert events_after(state, "a", 13) == []
+
+
+# --- determinism and snapshots -----------------------------------------------------------------
+
+
+CAPS = {"max_retained_bids": 40, "max_closed_auctions": 3, "max_sessions": 2}
+
+
+def fresh() -> Replica:
+    return Replica(AuctionState(**CAPS))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32), st.lists(st.integers(0, 1_500), min_size=1, max_size=3))
+def test_replicas_and_restored_replicas_make_identical_decisions(seed: int,
+                                                                 cuts: list[int]) -> None:
+    payloads = churn(seed, 1_500, turnover=0.03)
+    whole = fresh()
+    replies = whole.feed(payloads)
+    resumed, done = fresh(), 0
+    for cut in sorted(cuts):  # restart from a snapshot at every cut, as a node would
+        assert resumed.feed(payloads[done:cut]) == replies[done:cut]
+        snap = resumed.state.snapshot()
+        resumed = Replica(AuctionState.from_snapshot(snap, **CAPS))
+        assert resumed.state.snapshot() == snap
+        done = cut
+    assert resumed.feed(payloads[done:]) == replies[done:]
+    twin = fresh()
+    twin.feed(payloads)
+    assert whole.state.snapshot() == resumed.state.snapshot() == twin.state.snapshot()
+    assert whole.state.auctions() == resumed.state.auctions()
+
+
+def test_restoring_with_smaller_caps_applies_them() -> None:
+    replica = small()
+    replica.feed([opening("a"), opening("b"), opening("c"), *bids("a", 1, 4), *bids("b", 1, 4),
+                  internal(CloseAuction("a")), internal(CloseAuction("b"))])
+    snap = replica.state.snapshot()
+    shrunk = AuctionState.from_snapshot(snap, max_retained_bids=3, max_closed_auctions=1)
+    assert [a["auction"] for a in shrunk.auctions()] == ["b", "c"]
+    assert shrunk.retained_bid_count == 3 and amounts(shrunk, "b") == [2, 3, 4]
+
+
+def retention_corruptions() -> list[bytes]:
+    replica = small()
+    replica.feed([opening("a"), opening("b"), *bids("a", 1, 3), internal(CloseAuction("a")),
+                  internal(CloseAuction("b"))])
+    edits = {
+        "bids_total below the retained": lambda rows: rows[0].__setitem__(7, 2),
+        "high is not the last bid": lambda rows: rows[0][8].__setitem__(2, 99),
+        "no high but bids": lambda rows: rows[0].__setitem__(8, None),
+        "a high without bids": lambda rows: rows[1].__setitem__(8, [3, "bo", 1, 2_000]),
+        "bid indexes repeat": lambda rows: rows[0][9][0].__setitem__(0, rows[0][9][1][0]),
+        "two auctions closed at one index": lambda rows: rows[1].__setitem__(6, rows[0][6]),
+        "closed after the applied index": lambda rows: rows[1].__setitem__(6, 10**6),
+        "closed_index not an int": lambda rows: rows[1].__setitem__(6, True),
+        "old row shape": lambda rows: rows[0].pop(7),
+    }
+    out = []
+    for edit in edits.values():
+        wire = msgpack.unpackb(replica.state.snapshot(), raw=False)
+        edit(wire[2])
+        out.append(msgpack.packb(wire))
+    return out
+
+
+@pytest.mark.parametrize("data", retention_corruptions())
+def test_inconsistent_retention_in_a_snapshot_is_refused_and_changes_nothing(
+        data: bytes) -> None:
+    replica = small(max_retained_bids=2)
+    replica.feed([opening("z"), *bids("z", 1, 5)])
+    before = replica.state.snapshot()
+    with pytest.raises(InvalidSnapshot):
+        replica.state.restore(data)
+    assert replica.state.snapshot() == before
