@@ -704,18 +704,19 @@ def failover_round(nodes: NodeSet, worker: Worker, plan: Plan) -> float | None:
 
 class RateGrid:
     """Open-loop rates start, start*factor, ... up to the peak, until p99 passes GRID_STOP_MS
-    (beyond that no threshold we report can pass). A grid rather than a bisection: on a noisy
-    machine p99 is not monotonic in the rate, and every point is shown."""
+    twice in a row (beyond that no threshold we report is likely to pass). A grid rather than
+    a bisection: on a noisy machine p99 is not monotonic in the rate, and every point is shown."""
 
     def __init__(self, start: float, factor: float, peak: float):
         self.rate, self.factor, self.peak = min(start, peak), factor, peak
         self.points: list[dict] = []
+        self.misses = 0  # consecutive points over GRID_STOP_MS
         self.done = False
 
     def record(self, point: dict) -> None:
         self.points.append(point)
-        if point["p99_ms"] >= GRID_STOP_MS or self.rate >= self.peak:
-            self.done = True
+        self.misses = self.misses + 1 if point["p99_ms"] >= GRID_STOP_MS else 0
+        self.done = self.misses >= 2 or self.rate >= self.peak
         self.rate = min(self.rate * self.factor, self.peak)
 
     def best(self, target_ms: float) -> float:
