@@ -11,7 +11,10 @@ finalizer. Tests without real processes cover the inspector's refusals on offlin
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import itertools
+import json
 import os
 import random
 import shutil
@@ -25,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import pytest
 import typer
 from harness import REPO, Cluster, Node, free_ports, shows_logs, wait_until
@@ -307,7 +311,7 @@ BIG_CLIENTS = 1000
 @dataclass(frozen=True, slots=True)
 class BigStore:
     db: Path  # a raft.db with no node id yet: the node that opens it first claims it
-    expected: AuctionState  # the state after every entry of the log
+    expected: dict  # result("default") once every entry of the log is applied
     last_index: int
 
 
@@ -342,17 +346,41 @@ def build_big_store(directory: Path) -> BigStore:
     for entry in tail:
         if entry.kind == EntryKind.COMMAND:
             state.apply(entry.index, entry.term, entry.data)
-    return BigStore(directory / DB_FILENAME, state, tail[-1].index)
+    return BigStore(directory / DB_FILENAME, state.result("default"), tail[-1].index)
+
+
+def big_store_key() -> str:
+    """Changes whenever what the big store is made of changes: the code or this recipe."""
+    digest = hashlib.sha256(repr((BIG_BIDS, BIG_TAIL, BIG_CLIENTS)).encode())
+    for source in ("zauction/domain.py", "zauction/commands.py", "brokerless/storage.py",
+                   "brokerless/sqlite_storage.py"):
+        digest.update((REPO / source).read_bytes())
+    for function in (build_big_store, bid_payload):
+        digest.update(inspect.getsource(function).encode())
+    return digest.hexdigest()[:16]
 
 
 @pytest.fixture(scope="module")
-def big_store(tmp_path_factory: pytest.TempPathFactory) -> BigStore:
-    """Built once (about 20 s) for the tests that restart on it."""
-    built_at = time.monotonic()
-    big = build_big_store(tmp_path_factory.mktemp("big"))
-    print(f"BIG store built in {time.monotonic() - built_at:.1f}s: "
-          f"{big.db.stat().st_size / 1e6:.1f} MB")
-    return big
+def big_store(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> BigStore:
+    """Built once (about 20 s, more on a loaded machine) and kept in pytest's cache, keyed by
+    the code it depends on, so that later runs only copy it."""
+    cache = getattr(pytestconfig, "cache", None)
+    if cache is None:  # -p no:cacheprovider
+        return build_big_store(tmp_path_factory.mktemp("big"))
+    home = cache.mkdir("zauction-big-store") / big_store_key()
+    if not (home / "expected.json").exists():
+        built_at = time.monotonic()
+        big = build_big_store(tmp_path_factory.mktemp("big"))
+        print(f"BIG store built in {time.monotonic() - built_at:.1f}s")
+        staging = home.with_name(f"{home.name}.{os.getpid()}.tmp")  # same file system
+        staging.mkdir()
+        shutil.copyfile(big.db, staging / DB_FILENAME)
+        doc = {"expected": big.expected, "last_index": big.last_index}
+        (staging / "expected.json").write_text(json.dumps(doc))
+        shutil.rmtree(home, ignore_errors=True)
+        staging.rename(home)  # atomic: a concurrent run sees all of it or nothing
+    doc = json.loads((home / "expected.json").read_text())
+    return BigStore(home / DB_FILENAME, doc["expected"], doc["last_index"])
 
 
 def seeded_single_node(workdir: Path, big: BigStore, *node_args: str) -> Cluster:
@@ -372,7 +400,7 @@ def settled(cluster: Cluster, addr: str) -> dict | None:
 
 
 @pytest.mark.processes
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(90)
 def test_restart_on_a_million_bids(big_store: BigStore, tmp_path: Path,
                                    record_property) -> None:
     big = big_store
@@ -392,7 +420,7 @@ def test_restart_on_a_million_bids(big_store: BigStore, tmp_path: Path,
           f"last index ({status['last_index']})")
     assert status["last_index"] == big.last_index + 1  # the new leader's NOOP
     assert status["snapshot_index"] == BIG_BIDS + 1
-    assert result == big.expected.result("default")
+    assert result == big.expected
     assert result["bids"] == BIG_BIDS + BIG_TAIL - 1  # every bid but the NOOP's slot
 
 
@@ -414,7 +442,7 @@ def kill_orphans(pids: list[int]) -> None:
 
 
 @pytest.mark.processes
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(90)
 def test_restart_right_after_kill_9_during_a_forked_snapshot(big_store: BigStore,
                                                              tmp_path: Path) -> None:
     one = seeded_single_node(tmp_path, big_store, "--snapshot-every", "100")
@@ -428,7 +456,7 @@ def test_restart_right_after_kill_9_during_a_forked_snapshot(big_store: BigStore
         one.kill(addr, signal.SIGKILL)
         one.restart(addr, ready_deadline_s=40)
         wait_until(lambda: settled(one, addr), 40, "the restarted node to settle", one.explain)
-        assert one.client([addr], timeout=20).result() == big_store.expected.result("default")
+        assert one.client([addr], timeout=20).result() == big_store.expected
     finally:
         one.stop_all()
         kill_orphans(orphans)
@@ -512,12 +540,32 @@ def test_foreign_and_corrupt_data_directories_are_refused(tmp_path: Path) -> Non
     assert corrupt.value.index == index
 
 
+@pytest.mark.processes
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "zauction.node restores the stored snapshot outside the storage errors: a snapshot that "
+    "does not restore (here one of snapshot version 1, which every store written before "
+    "domain's snapshot v2 holds) ends the node with a traceback and exit code 1, not a "
+    "CorruptDataError naming raft.db and exit code 5"))
+def test_a_snapshot_that_does_not_restore_is_refused_with_exit_5(tmp_path: Path) -> None:
+    old_format = msgpack.packb([1, 2, [], []])  # version 1: [version, applied, auctions, sessions]
+    small_store(tmp_path, snapshot_data=old_format, ids=None)
+    with pytest.raises(CorruptDataError, match="does not restore"):
+        inspect_data_dir(tmp_path)
+    addr = f"127.0.0.1:{free_ports(1)[0]}"
+    started = run_zauction("node", "--addr", addr, "--data-dir", str(tmp_path))
+    assert started.returncode == ExitCode.DATA_DIR, started.stderr[-2000:]
+    assert str(tmp_path / DB_FILENAME) in started.stderr, started.stderr[-2000:]
+
+
 # --- the inspector on offline stores (no processes) --------------------------------------------------
 
 
-def small_store(directory: Path, snapshot_data: bytes | None = None) -> list[Entry]:
+def small_store(directory: Path, snapshot_data: bytes | None = None,
+                ids: tuple[str, str] | None = ("n1", "k1")) -> list[Entry]:
     """A store with a snapshot at 2 (the default auction open), then bids, a NOOP and a bid
-    past the commit index. Returns the log entries."""
+    past the commit index, claimed by `ids` (node, cluster; None: by nobody yet). Returns the
+    log entries."""
     state = AuctionState()
     spec = OpenAuction("default", "lamp", 5, 1, 0, MAX_TIMESTAMP_MS)
     state.apply(2, 1, encode_request(Request("", 0, 0, spec)))
@@ -526,10 +574,13 @@ def small_store(directory: Path, snapshot_data: bytes | None = None) -> list[Ent
                Entry(2, 4, b"", EntryKind.NOOP),
                Entry(2, 5, encode_request(Request("c", 2, 20, Bid("default", "bo", 9)))),
                Entry(2, 6, encode_request(Request("c", 3, 30, Bid("default", "cy", 12))))]
-    store = SqliteStorage.open(directory, "n1", "k1", Durability.OFF)
+    if ids is None:
+        store = SqliteStorage(directory, Durability.OFF)
+    else:
+        store = SqliteStorage.open(directory, *ids, Durability.OFF)
     try:
-        store.save(HardState(2, "n1", 2), [], Snapshot(SnapshotMeta(2, 1), data))
-        store.save(HardState(2, "n1", 5), entries)
+        store.save(HardState(2, None, 2), [], Snapshot(SnapshotMeta(2, 1), data))
+        store.save(HardState(2, None, 5), entries)
     finally:
         store.close()
     return entries
@@ -538,7 +589,7 @@ def small_store(directory: Path, snapshot_data: bytes | None = None) -> list[Ent
 def test_inspect_applies_committed_commands_only(tmp_path: Path) -> None:
     small_store(tmp_path)
     report = inspect_data_dir(tmp_path)
-    assert (report.node_id, report.cluster_id, report.term, report.vote) == ("n1", "k1", 2, "n1")
+    assert (report.node_id, report.cluster_id, report.term, report.vote) == ("n1", "k1", 2, None)
     assert (report.commit, report.first_index, report.last_index) == (5, 3, 6)
     assert report.entry_count == 4 and report.commands_applied == 2  # NOOP skipped, 6 > commit
     assert report.snapshot is not None and report.snapshot.index == 2
