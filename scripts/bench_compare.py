@@ -81,6 +81,7 @@ class NodeSet:
     name: str
     root: Path
     procs: dict[str, subprocess.Popen]
+    logs: dict[str, Path]
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
     @property
@@ -99,8 +100,7 @@ class NodeSet:
     def restart(self, addr: str) -> None:
         """Start the same command again, on the same data directory."""
         old = self.procs[addr]
-        log = self.root / f"{addr.replace(':', '_')}.log"
-        with open(log, "ab") as out:
+        with open(self.logs[addr], "ab") as out:
             self.procs[addr] = subprocess.Popen(old.args, stdin=subprocess.DEVNULL, stdout=out,
                                                 stderr=out, env=self.env, start_new_session=True)
 
@@ -119,6 +119,13 @@ class NodeSet:
     def exited(self) -> list[str]:
         return [a for a, p in self.procs.items() if p.poll() is not None]
 
+    def last_log_line(self, addr: str) -> str:
+        try:
+            lines = self.logs[addr].read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
 
 _next_port = [20000]  # clusters started together must not be handed the same free ports
 
@@ -135,9 +142,10 @@ def start_zauction(root: Path, nodes: int, durability: str = "always",
     handle = start_cluster(root, nodes=nodes, base_port=free_ports(nodes), host="127.0.0.1",
                            auction_duration_ms=AUCTION_MS, durability=durability)
     procs = {n.addr: handle.procs[n.pid] for n in handle.nodes}
+    logs = {n.addr: Path(n.log_file) for n in handle.nodes}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return NodeSet(name, root, procs, env)
+    return NodeSet(name, root, procs, logs, env)
 
 
 def start_pso(root: Path, nodes: int, extra: list[str], name: str = "pysyncobj") -> NodeSet:
@@ -146,14 +154,15 @@ def start_pso(root: Path, nodes: int, extra: list[str], name: str = "pysyncobj")
     serve = [f"127.0.0.1:{base + nodes + i}" for i in range(nodes)]
     script = str(ROOT / "scripts" / "pso_node.py")
     procs: dict[str, subprocess.Popen] = {}
-    nodeset = NodeSet(name, root, procs)
+    logs = {addr: root / f"{addr.replace(':', '_')}.log" for addr in serve}
+    nodeset = NodeSet(name, root, procs, logs)
     root.mkdir(parents=True, exist_ok=True)
     try:
         for i in range(nodes):
             peers = ",".join(f"{raft[j]}={serve[j]}" for j in range(nodes) if j != i)
             cmd = [sys.executable, script, "--raft", raft[i], "--serve", serve[i],
                    "--peers", peers, "--data-dir", str(root / f"pso-{i}"), *extra]
-            with open(root / f"{serve[i].replace(':', '_')}.log", "ab") as out:
+            with open(logs[serve[i]], "ab") as out:
                 procs[serve[i]] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                                    stderr=out, start_new_session=True)
     except OSError as exc:
@@ -787,7 +796,18 @@ class Bench:
 
     def each(self, action: Callable[[str, NodeSet], Any]) -> None:
         for name, nodes in list(self.live.items()):
-            self.guard(name, lambda n=name, s=nodes: action(n, s))
+            self.guard(name, lambda n=name, s=nodes: (self.revive(n, s), action(n, s)))
+
+    def revive(self, name: str, nodes: NodeSet) -> None:
+        """A node that died on its own (not one we killed) is recorded, restarted, and caught
+        up before the next measurement: the run goes on, the crash is reported."""
+        for addr in nodes.exited():
+            crash = {"addr": addr, "code": nodes.procs[addr].returncode,
+                     "last_log_line": nodes.last_log_line(addr)}
+            self.res[name].setdefault("crashes", []).append(crash)
+            say(f"{name}: node {addr} exited by itself ({crash}); restarting it")
+            nodes.restart(addr)
+            wait_caught_up(nodes, self.worker, addr, 60.0)
 
     def closed_point(self, nodes: NodeSet, inflight: int) -> dict:
         leader = settle(nodes, self.worker)
@@ -1046,7 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt():
             res = run(args, plan, base)
-        keep = keep or any("error" in r for r in res.values())
+        keep = keep or any("error" in r or "crashes" in r for r in res.values())
     except KeyboardInterrupt:
         say("interrupted: every node started was stopped")
         return 130
@@ -1079,6 +1099,8 @@ def report(res: Results, plan: Plan, args: argparse.Namespace,
         "", table(res, plan), ""]
     for result in res.values():
         lines += details(result)
+        for crash in result.get("crashes", []):
+            lines.append(f"{result['system']} NODE EXITED BY ITSELF (restarted): {crash}")
         if "error" in result:
             lines.append(f"{result['system']} DROPPED: {result['error']}")
     return "\n".join(lines)
