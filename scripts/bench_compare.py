@@ -1,24 +1,31 @@
 """zauction against PySyncObj on this machine, one command, one table with ratios.
 
-Both clusters run 3 node processes; the same load generator drives both through the same
-client protocol (PySyncObj nodes get a request server in front, see scripts/pso_node.py),
-the same operation ("bid if higher": every bid is a log entry, judged when applied) and the
-same client rules (pipelined DEALERs, one write in flight per client id, replies matched by
-rid, retries elsewhere on not_leader / unavailable / a dead node).
+Three clusters of 3 node processes: zauction, and PySyncObj in its two best configurations
+(batched appends for throughput, unbatched for latency). One load driver drives all of them
+through the same client protocol (PySyncObj nodes get a request server in front, see
+scripts/pso_node.py), the same operation ("bid if higher": every bid is a log entry, judged
+when applied) and the same client rules (pipelined DEALERs, one write in flight per client
+id, replies matched by rid, retries elsewhere on not_leader / unavailable / a dead node).
+Every phase interleaves the systems, so a noisy neighbour hurts all of them alike.
 
 Measured for each system:
-  peak        closed loop, --inflight client ids with one write each: committed ops/s
-  latency     closed loop, 1 in flight: p50 / p99
-  p99<10ms    open loop, bisection over rates below the peak: highest rate with p99 < 10 ms
-              (latency counted from the scheduled send time, so queueing is not hidden)
-  overload    open loop at 1.5x the measured peak: share of offered ops committed by the end
-              of the run plus a grace period
-  failover    kill -9 of the leader under moderate load (10 in flight), several times;
-              time from the kill to the first acknowledged op sent after the kill
+  peak        closed loop at several in-flight levels (client ids with one write each);
+              the best level is repeated and the median of its runs reported
+  latency     closed loop, 1 in flight: p50 / p99 (medians of the runs)
+  rate grid   open loop at 100, 200, 400... ops/s up to the peak: the highest rate with
+              p99 < 10 ms (and < 100 ms); latency counts from the scheduled send time
+  overload    open loop at 1.5x the peak: share of offered ops committed by the end of the
+              run plus a grace period, and the commit rate while it is offered
+  failover    kill -9 of the leader under 10 writes in flight, several times: time from the
+              kill to the first acknowledged op sent after the kill; the node is restarted
+              and caught up before the next round
 
-    python scripts/bench_compare.py --quick         # a few seconds per point (~3 min)
-    python scripts/bench_compare.py                 # the full run (~10 min)
-    python scripts/bench_compare.py --json out.json
+Every ZeroMQ client runs in a worker process (see Worker); this process only starts, kills and
+stops nodes, by PID, in a finally block and on SIGINT/SIGTERM.
+
+    python scripts/bench_compare.py --quick         # 2-3 s per point, ~3 min
+    python scripts/bench_compare.py                 # the full run, ~8 min
+    python scripts/bench_compare.py --json out.json --keep
 """
 
 from __future__ import annotations
