@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -79,6 +80,11 @@ class Runtime:
         self.transport = transport
         self.timing = timing
         self.snapshot_every = snapshot_every
+        # Each node snapshots at its own point (up to a quarter later), so the nodes never all
+        # write their snapshot into storage in the same moment.
+        spread = snapshot_every // 4
+        stagger = zlib.crc32(config.id.encode()) % spread if spread else 0
+        self._snapshot_threshold = snapshot_every + stagger
         self.snapshotter = snapshotter or Snapshotter(fork=False)
         self._snapshot_started = 0.0
         self.app: Application | None = None
@@ -333,7 +339,7 @@ class Runtime:
         core, app = self.core, self.app
         done = self.snapshotter.poll()
         if done is None and app is not None and not self.snapshotter.busy and (
-                core.applied - core.log.offset >= self.snapshot_every):
+                core.applied - core.log.offset >= self._snapshot_threshold):
             self._snapshot_started = time.monotonic()
             done = self.snapshotter.start(core.applied, app.snapshot)
         if done is not None:
