@@ -542,11 +542,6 @@ def test_foreign_and_corrupt_data_directories_are_refused(tmp_path: Path) -> Non
 
 @pytest.mark.processes
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "zauction.node restores the stored snapshot outside the storage errors: a snapshot that "
-    "does not restore (here one of snapshot version 1, which every store written before "
-    "domain's snapshot v2 holds) ends the node with a traceback and exit code 1, not a "
-    "CorruptDataError naming raft.db and exit code 5"))
 def test_a_snapshot_that_does_not_restore_is_refused_with_exit_5(tmp_path: Path) -> None:
     old_format = msgpack.packb([1, 2, [], []])  # version 1: [version, applied, auctions, sessions]
     small_store(tmp_path, snapshot_data=old_format, ids=None)

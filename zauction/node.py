@@ -17,12 +17,12 @@ from brokerless.core import Config, Core, SoftState
 from brokerless.runtime import Runtime, Timing
 from brokerless.snapshotter import Snapshotter
 from brokerless.sqlite_storage import SqliteStorage
-from brokerless.storage import Durability
+from brokerless.storage import CorruptDataError, Durability
 from brokerless.transport import FromPeer, FromRouter, FromSub, Transport
-from brokerless.types import Entry, EntryKind, Role
+from brokerless.types import Entry, EntryKind, Role, Snapshot
 from brokerless.wire import pack
 from zauction.commands import CloseAuction, EnsureDefault, Request, encode_request
-from zauction.domain import AuctionState, Reply, UnknownAuction
+from zauction.domain import AuctionState, InvalidSnapshot, Reply, UnknownAuction
 from zauction.protocol import CLUSTER_TOPIC, FEED_PREFIX
 from zauction.service import Service, now_ms
 
@@ -67,7 +67,7 @@ class AuctionNode:
                      persisted.entries)
         self.state = AuctionState()
         if persisted.snapshot is not None:
-            self.state.restore(persisted.snapshot.data)
+            self._restore_stored(persisted.snapshot)
         peers = {p: p for p in opts.peers}
         self.transport = Transport(opts.addr, peers, cluster_id=self.cluster_id)
         self.runtime = Runtime(config, core, self.storage, self.transport, t, opts.snapshot_every,
@@ -82,6 +82,14 @@ class AuctionNode:
         log.info("node %s starting: cluster %s, peers %s, data %s, term %d, log %d..%d",
                  opts.addr, self.cluster_id, ",".join(opts.peers), opts.data_dir, core.term,
                  core.log.first_index, core.log.last_index)
+
+    def _restore_stored(self, snapshot: Snapshot) -> None:
+        try:
+            self.state.restore(snapshot.data)
+        except InvalidSnapshot as exc:
+            self.storage.close()
+            raise CorruptDataError(self.storage.path, f"the stored snapshot does not restore: "
+                                   f"{exc}", snapshot.meta.index) from exc
 
     # --- the state machine (called by the runtime) -----------------------------------------
 
