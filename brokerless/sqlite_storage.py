@@ -149,15 +149,7 @@ class SqliteStorage:
         """Read and verify everything; raise CorruptDataError on any inconsistency."""
         conn = self._open_conn()
         with _sqlite_errors(self.path):
-            hard_state = _read_hard_state(conn, self.path)
-            snapshot = _read_snapshot(conn, self.path)
-            first = snapshot.meta.index + 1 if snapshot else 1
-            entries = _read_entries(conn, self.path, first)
-        last = entries[-1].index if entries else first - 1
-        if not first - 1 <= hard_state.commit <= last:
-            problem = f"commit {hard_state.commit} outside [snapshot {first - 1}, last {last}]"
-            raise CorruptDataError(self.path, problem)
-        return PersistedState(hard_state, snapshot, entries)
+            return read_verified(conn, self.path)
 
     def save(
         self,
@@ -426,6 +418,20 @@ def _read_summary(conn: sqlite3.Connection, file: Path) -> LogSummary:
     last = conn.execute("SELECT idx, term FROM log ORDER BY idx DESC LIMIT 1").fetchone()
     last_index, last_term = last if last else (snap.index, snap.term)
     return LogSummary(hard_state, snap, last_index, last_term)
+
+
+def read_verified(conn: sqlite3.Connection, file: Path) -> PersistedState:
+    """Read and verify every row through `conn` (also a read-only connection, for offline
+    inspectors); raises CorruptDataError naming `file` on any inconsistency."""
+    hard_state = _read_hard_state(conn, file)
+    snapshot = _read_snapshot(conn, file)
+    first = snapshot.meta.index + 1 if snapshot else 1
+    entries = _read_entries(conn, file, first)
+    last = entries[-1].index if entries else first - 1
+    if not first - 1 <= hard_state.commit <= last:
+        problem = f"commit {hard_state.commit} outside [snapshot {first - 1}, last {last}]"
+        raise CorruptDataError(file, problem)
+    return PersistedState(hard_state, snapshot, entries)
 
 
 def _read_hard_state(conn: sqlite3.Connection, file: Path) -> HardState:

@@ -29,16 +29,13 @@ from brokerless.sqlite_storage import (
     DB_FILENAME,
     FORMAT_VERSION,
     db_file,
-    entry_crc,
-    hard_state_crc,
-    snapshot_crc,
+    read_verified,
 )
 from brokerless.storage import CorruptDataError, StorageError
-from brokerless.types import EntryKind, HardState
+from brokerless.types import Entry, EntryKind, Snapshot
 from zauction.domain import AuctionState, InvalidSnapshot
 
 _TABLES = frozenset({"meta", "hard_state", "log", "snapshot"})
-_KINDS = frozenset(kind.value for kind in EntryKind)
 _CORRUPTION_CODES = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 _FILE_SUFFIXES = ("", "-wal", "-shm", ".lock")
 
@@ -103,10 +100,12 @@ def inspect_data_dir(path: str | Path) -> DataDirReport:
     file = _store_file(Path(path))
     with _read_only(file) as conn:
         version, node_id, cluster_id = _check_store(conn, file)
-        hard_state = _verified_hard_state(conn, file)
-        snapshot, state = _restored_snapshot(conn, file)
-        last, count, applied = _replay_log(conn, file, snapshot, hard_state.commit, state)
+        stored = read_verified(conn, file)  # the very checks the node's load() makes
+    hard_state = stored.hard_state
+    snapshot, state = _restored_snapshot(stored.snapshot, file)
+    applied = _apply_committed(stored.entries, hard_state.commit, state)
     first = snapshot.index + 1 if snapshot else 1
+    last, count = first - 1 + len(stored.entries), len(stored.entries)
     return DataDirReport(
         str(file), _file_sizes(file), version, cluster_id, node_id, hard_state.term,
         hard_state.vote, hard_state.commit, first, last, count, snapshot, applied,
@@ -172,78 +171,31 @@ def _file_sizes(file: Path) -> tuple[tuple[str, int], ...]:
 # --- verifying ----------------------------------------------------------------------------------
 
 
-def _is_count(value: object) -> bool:
-    return type(value) is int and value >= 0
-
-
-def _verified_hard_state(conn: sqlite3.Connection, file: Path) -> HardState:
-    row = conn.execute("SELECT term, vote, commit_index, crc FROM hard_state WHERE id = 0")
-    found = row.fetchone()
-    if found is None:
-        raise CorruptDataError(file, "the hard_state row is missing")
-    term, vote, commit, crc = found
-    shapes_ok = _is_count(term) and _is_count(commit) and (vote is None or type(vote) is str)
-    if not shapes_ok or crc != hard_state_crc(term, vote, commit):
-        raise CorruptDataError(file, f"hard_state fails its checksum: {tuple(found)!r}")
-    return HardState(term, vote, commit)
-
-
 def _restored_snapshot(
-    conn: sqlite3.Connection, file: Path
+    snapshot: Snapshot | None, file: Path
 ) -> tuple[SnapshotInfo | None, AuctionState]:
     """The snapshot's position and the auction state restored from it (empty without one)."""
     # Events are never drained here: keep one at most instead of the node's 100,000.
     state = AuctionState(max_pending_events=1)
-    found = conn.execute("SELECT idx, term, data, crc FROM snapshot WHERE id = 0").fetchone()
-    if found is None:
+    if snapshot is None:
         return None, state
-    index, term, data, crc = found
-    if not (_is_count(index) and _is_count(term) and type(data) is bytes):
-        raise CorruptDataError(file, "snapshot row has wrong column types", index)
-    if crc != snapshot_crc(index, term, data):
-        raise CorruptDataError(file, f"snapshot checksum mismatch (stored {crc!r})", index)
+    index = snapshot.meta.index
     try:
-        state.restore(data)
+        state.restore(snapshot.data)
     except InvalidSnapshot as exc:
         raise CorruptDataError(file, f"the snapshot does not restore: {exc}", index) from None
     if state.applied_index > index:
         problem = f"the snapshot's state was applied through {state.applied_index}"
         raise CorruptDataError(file, problem, index)
-    return SnapshotInfo(index, term, len(data)), state
+    return SnapshotInfo(index, snapshot.meta.term, len(snapshot.data)), state
 
 
-def _replay_log(conn: sqlite3.Connection, file: Path, snapshot: SnapshotInfo | None,
-                commit: int, state: AuctionState) -> tuple[int, int, int]:
-    """Verify every log row and apply the committed commands to `state`.
-
-    Returns (last index, entry count, commands applied). Rows past the commit index are
-    verified too: a corrupt tail is as much a reason not to trust the store.
-    """
-    expected = snapshot.index + 1 if snapshot else 1
-    count = applied = 0
-    rows = conn.execute("SELECT idx, term, kind, data, crc FROM log ORDER BY idx")
-    for index, term, kind, data, crc in rows:
-        _check_entry(file, expected, (index, term, kind, data, crc))
-        if index <= commit and kind == EntryKind.COMMAND.value:
+def _apply_committed(entries: list[Entry], commit: int, state: AuctionState) -> int:
+    """Apply the committed commands to `state` (NOOPs skipped); returns how many."""
+    applied = 0
+    for entry in entries:
+        if entry.index <= commit and entry.kind == EntryKind.COMMAND:
             # Bad payloads get an "invalid" reply and change nothing, exactly as on the node.
-            state.apply(index, term, data)
+            state.apply(entry.index, entry.term, entry.data)
             applied += 1
-        expected += 1
-        count += 1
-    last = expected - 1
-    first_possible = snapshot.index if snapshot else 0
-    if not first_possible <= commit <= last:
-        problem = f"commit {commit} outside [snapshot {first_possible}, last {last}]"
-        raise CorruptDataError(file, problem)
-    return last, count, applied
-
-
-def _check_entry(file: Path, expected: int, row: tuple[Any, ...]) -> None:
-    index, term, kind, data, crc = row
-    if index != expected:
-        problem = f"log is not contiguous: expected index {expected}, found {index}"
-        raise CorruptDataError(file, problem, expected)
-    if not (_is_count(term) and kind in _KINDS and type(data) is bytes):
-        raise CorruptDataError(file, f"entry row has a bad term, kind or data: {kind!r}", index)
-    if crc != entry_crc(index, term, kind, data):
-        raise CorruptDataError(file, f"entry checksum mismatch (stored {crc!r})", index)
+    return applied
