@@ -8,6 +8,7 @@ log reaches byte-identical state, the same replies and the same events.
 from __future__ import annotations
 
 import heapq
+import io
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -278,11 +279,22 @@ class _Auction:
             "retained_bids": len(self.bids),
         }
 
-    def to_wire(self) -> list[Any]:
-        high = list(self.high) if self.high is not None else None
-        return [self.auction, self.item, self.reserve, self.increment, self.opens_at_ms,
-                self.closes_at_ms, self.closed_index, self.bids_total, high,
-                [list(b) for b in self.bids]]
+    def pack_into(self, packer: msgpack.Packer) -> None:
+        """Append this auction's snapshot row: [auction, item, reserve, increment, opens_at_ms,
+        closes_at_ms, closed_index, bids_total, high, bids], each bid [index, bidder, amount,
+        ts_ms]. Tuples pack as msgpack arrays, so no list is built per record: the forked
+        snapshot child then allocates next to nothing beyond the output buffer."""
+        packer.pack_array_header(_AUCTION_ROW_LEN)
+        for value in (self.auction, self.item, self.reserve, self.increment, self.opens_at_ms,
+                      self.closes_at_ms, self.closed_index, self.bids_total, self.high):
+            packer.pack(value)
+        packer.pack_array_header(len(self.bids))
+        pack = packer.pack
+        for record in self.bids:
+            pack(record)
+
+
+_AUCTION_ROW_LEN = 10
 
 
 # --- retention: what is kept, decided identically on every replica -----------------------
@@ -583,11 +595,21 @@ class AuctionState:
     # --- snapshots ---
 
     def snapshot(self) -> bytes:
-        """The whole state as msgpack; byte-identical on replicas with the same log."""
-        auctions = [self._auctions[name].to_wire() for name in sorted(self._auctions)]
-        sessions = [[client, seq, last_index, reply_to_dict(reply)]
-                    for client, (seq, last_index, reply) in self._sessions.items()]
-        return msgpack.packb([SNAPSHOT_VERSION, self._applied_index, auctions, sessions])
+        """The whole state as msgpack; byte-identical on replicas with the same log.
+
+        [version, applied_index, [auction row, ...] by name, [[client, seq, last_index,
+        reply], ...] oldest activity first], packed piece by piece into one buffer."""
+        packer = msgpack.Packer(autoreset=False)
+        packer.pack_array_header(4)
+        packer.pack(SNAPSHOT_VERSION)
+        packer.pack(self._applied_index)
+        packer.pack_array_header(len(self._auctions))
+        for name in sorted(self._auctions):
+            self._auctions[name].pack_into(packer)
+        packer.pack_array_header(len(self._sessions))
+        for client, (seq, last_index, reply) in self._sessions.items():
+            packer.pack((client, seq, last_index, reply_to_dict(reply)))
+        return packer.bytes()
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's; on InvalidSnapshot nothing changes."""
@@ -615,16 +637,57 @@ class AuctionState:
 # --- snapshot parsing --------------------------------------------------------------------
 
 _Parsed = tuple[int, dict[str, _Auction], "OrderedDict[str, Session]"]
+_READ_SIZE = 1 << 20
 
 
-def _parse_snapshot(data: bytes) -> _Parsed:
+class _SnapshotReader:
+    """Reads a snapshot one msgpack value at a time from a stream.
+
+    Not msgpack.unpackb of the whole: that builds every bid row as a list before the records
+    are made, and frees them after. CPython then keeps the arenas those rows left half used,
+    so a node restored from 2M retained bids held about twice the memory of a live node with
+    the same state (719 MB against 371 MB, scripts/mem_domain.py) for the rest of its life.
+    Row by row, each temporary row is freed before the next is read, and its memory reused.
+    """
+
+    __slots__ = ("_unpacker", "_size")
+
+    def __init__(self, data: object) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidSnapshot(f"a snapshot is bytes, not {type(data).__name__}")
+        self._size = memoryview(data).nbytes
+        self._unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=True,
+                                          read_size=_READ_SIZE)
+
+    def array(self, what: str, length: int | None = None) -> int:
+        """The next value's array length (the items follow); checked against `length`."""
+        found = self._unpacker.read_array_header()
+        if length is not None and found != length:
+            raise InvalidSnapshot(f"{what} has {found} fields, not {length}")
+        return found
+
+    def value(self) -> Any:
+        return self._unpacker.unpack()
+
+    def end(self) -> None:
+        if self._unpacker.tell() != self._size:
+            raise InvalidSnapshot("the snapshot has trailing bytes")
+
+
+def _parse_snapshot(data: object) -> _Parsed:
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        version, applied, auctions, sessions = obj
+        reader = _SnapshotReader(data)
+        length = reader.array("the snapshot")
+        version = reader.value() if length else None
         if type(version) is not int or version != SNAPSHOT_VERSION:
             raise InvalidSnapshot(f"unsupported snapshot version {version!r}")
+        if length != 4:
+            raise InvalidSnapshot(f"the snapshot has {length} fields, not 4")
+        applied = reader.value()
         check_int(applied, "applied_index", 0, MAX_SEQ)
-        return applied, _parse_auctions(auctions, applied), _parse_sessions(sessions)
+        parsed = applied, _parse_auctions(reader, applied), _parse_sessions(reader)
+        reader.end()
+        return parsed
     except InvalidSnapshot:
         raise
     except (InvalidCommand, InvalidReply) as exc:
@@ -633,11 +696,11 @@ def _parse_snapshot(data: bytes) -> _Parsed:
         raise InvalidSnapshot(f"invalid snapshot ({type(exc).__name__})") from None
 
 
-def _parse_auctions(rows: list[Any], applied: int) -> dict[str, _Auction]:
+def _parse_auctions(reader: _SnapshotReader, applied: int) -> dict[str, _Auction]:
     auctions: dict[str, _Auction] = {}
     closed_at: set[int] = set()
-    for row in rows:
-        auction = _parse_auction(row, applied)
+    for _ in range(reader.array("the auctions")):
+        auction = _parse_auction(reader, applied)
         # Close indexes order the eviction of closed auctions, so they must be distinct.
         if auction.auction in auctions or auction.closed_index in closed_at:
             raise InvalidSnapshot(f"auction {auction.auction!r} repeats a name or close index")
@@ -647,12 +710,14 @@ def _parse_auctions(rows: list[Any], applied: int) -> dict[str, _Auction]:
     return auctions
 
 
-def _parse_auction(row: list[Any], applied: int) -> _Auction:
-    name, item, reserve, increment, opens, closes, closed_index, total, high, bids = row
+def _parse_auction(reader: _SnapshotReader, applied: int) -> _Auction:
+    reader.array("an auction row", _AUCTION_ROW_LEN)
+    name, item, reserve, increment, opens, closes, closed_index, total, high = (
+        reader.value() for _ in range(_AUCTION_ROW_LEN - 1))
     auction = _Auction(OpenAuction(name, item, reserve, increment, opens, closes))
     check_int(closed_index, "closed_index", 0, applied)
     check_int(total, "bids_total", 0, MAX_SEQ)
-    retained = deque(_parse_bid(bid) for bid in bids)
+    retained = deque(_parse_bid(reader.value()) for _ in range(reader.array("the bids")))
     parsed_high = None if high is None else _parse_bid(high)
     consistent = (
         (parsed_high is None) == (total == 0)
@@ -676,10 +741,11 @@ def _parse_bid(row: list[Any]) -> BidRecord:
     return (index, sys.intern(bidder), amount, ts_ms)
 
 
-def _parse_sessions(rows: list[Any]) -> OrderedDict[str, Session]:
+def _parse_sessions(reader: _SnapshotReader) -> OrderedDict[str, Session]:
     sessions: OrderedDict[str, Session] = OrderedDict()
     previous = 0
-    for client, seq, last_index, reply in rows:
+    for _ in range(reader.array("the sessions")):
+        client, seq, last_index, reply = reader.value()
         check_name(client, "client_id")
         check_int(seq, "seq", 0, MAX_SEQ)
         check_int(last_index, "last_index", 1, MAX_SEQ)
