@@ -80,8 +80,11 @@ def free_ports(count: int) -> list[int]:
 class LocalCluster:
     """N nodes on free ports under `root`; every process is ended by PID in `stop()`."""
 
-    def __init__(self, root: Path, size: int, durability: str, snapshot_every: int):
+    def __init__(self, root: Path, size: int, durability: str, snapshot_every: int,
+                 wrapper: list[str] | None = None):
         self.root, self.durability, self.snapshot_every = root, durability, snapshot_every
+        # scripts/probed_node.py arguments (smaller retention caps, a memory probe), if any
+        self.wrapper = wrapper or []
         addrs = [f"127.0.0.1:{port}" for port in free_ports(size)]
         self.nodes = [BenchNode(a, root / f"node{i}", root / f"node{i}.log")
                       for i, a in enumerate(addrs)]
@@ -94,13 +97,19 @@ class LocalCluster:
         for node in self.nodes:
             node.data_dir.mkdir(parents=True, exist_ok=True)
             peers = ",".join(n.addr for n in self.nodes if n is not node)
-            cmd = [sys.executable, "-m", "zauction", "node", "--addr", node.addr,
+            launcher = ([str(REPO / "scripts" / "probed_node.py"), *self.wrapper_for(node), "--"]
+                        if self.wrapper else ["-m", "zauction"])
+            cmd = [sys.executable, *launcher, "node", "--addr", node.addr,
                    "--peers", peers, "--data-dir", str(node.data_dir),
                    "--durability", self.durability, "--snapshot-every", str(self.snapshot_every),
                    "--auction-duration", "1h", "--log-level", "INFO"]
             with open(node.log_path, "ab") as log:
                 node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, cwd=REPO)
+
+    def wrapper_for(self, node: BenchNode) -> list[str]:
+        """The probe writes next to the node's log: <log>.mem."""
+        return [arg.replace("{mem}", str(node.log_path) + ".mem") for arg in self.wrapper]
 
     def kill_all(self) -> None:
         """kill -9 every node and the snapshot child it may have forked (a machine crash
@@ -430,7 +439,8 @@ class Milestone:
 
 
 def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Milestone]:
-    cluster = LocalCluster(root / "main", args.nodes, args.durability, args.snapshot_every)
+    cluster = LocalCluster(root / "main", args.nodes, args.durability, args.snapshot_every,
+                           node_wrapper(args))
     rows: list[Milestone] = []
     pipe: Pipeline | None = None
     memory = PeakMemory(cluster)
@@ -442,7 +452,10 @@ def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Mil
         for milestone in args.milestones:
             pipe = Pipeline(ctx, leader, args.window, f"bench{len(rows)}")
             started, before = time.monotonic(), tally.committed
-            drive(pipe, auctions, tally, milestone, cluster.find_leader)
+            for target in _rss_points(before, milestone, args.rss_every):
+                drive(pipe, auctions, tally, target, cluster.find_leader)
+                if target < milestone:
+                    _print_live_rss(cluster, tally, auctions)
             rate = (tally.committed - before) / (time.monotonic() - started)
             pipe.close()
             pipe = None
@@ -457,6 +470,31 @@ def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Mil
             memory.stop()
         cluster.stop()
     return rows
+
+
+def node_wrapper(args: argparse.Namespace) -> list[str]:
+    """scripts/probed_node.py's arguments, or none when the nodes run as they ship."""
+    wrapper = []
+    if args.max_retained_bids:
+        wrapper += ["--max-retained-bids", str(args.max_retained_bids)]
+    if args.mem_every:
+        wrapper += ["--mem-report", "{mem}", "--mem-every", str(args.mem_every)]
+        wrapper += ["--trace"] if args.trace else []
+    return wrapper
+
+
+def _rss_points(start: int, milestone: int, every: int) -> list[int]:
+    """Where to sample live RSS on the way to `milestone` (the milestone itself last)."""
+    if every <= 0:
+        return [milestone]
+    return [*range(start - start % every + every, milestone, every), milestone]
+
+
+def _print_live_rss(cluster: LocalCluster, tally: Tally, auctions: Auctions) -> None:
+    """The live nodes' RSS, without the restart a milestone does: memory of one process."""
+    rss = "/".join(f"{r / 1e6:,.0f}" for r in cluster.rss_bytes())
+    print(f"   live at {tally.committed:>11,} bids ({tally.accepted:,} accepted, "
+          f"{len(auctions.opened)} auctions): RSS MB per node {rss}", flush=True)
 
 
 def _milestone(cluster: LocalCluster, tally: Tally, auctions: Auctions, rate: float,
@@ -538,6 +576,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="each policy is measured this many times, taking turns")
     parser.add_argument("--root", type=Path, default=None, help="keep data here (default: tmp)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--rss-every", type=int, default=0,
+                        help="also print the live nodes' RSS every N committed bids (0: only at "
+                             "milestones, where the nodes are then restarted)")
+    parser.add_argument("--max-retained-bids", type=int, default=0,
+                        help="retention cap of the nodes (0: the default, 2,000,000); runs them "
+                             "through scripts/probed_node.py")
+    parser.add_argument("--mem-every", type=float, default=0,
+                        help="seconds between memory probes written to <node log>.mem (0: none)")
+    parser.add_argument("--trace", action="store_true",
+                        help="the memory probe also diffs tracemalloc snapshots (slow)")
     args = parser.parse_args(argv)
     args.milestones = sorted(int(m) for m in args.milestones.split(",") if m.strip())
     args.auction_duration_ms = int(args.auction_duration_s * 1000)
