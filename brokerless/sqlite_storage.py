@@ -34,6 +34,11 @@ from brokerless.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 
 FORMAT_VERSION = 1
 DB_FILENAME = "raft.db"
+# The WAL grows to the largest transaction (a snapshot: tens of MB) and SQLite then reuses
+# the file at that size forever. With this limit, the first write after a checkpoint that
+# restarts the WAL truncates the file back to it. 8 MiB is twice the automatic checkpoint
+# threshold (1,000 pages of 4 KiB), so ordinary saves never pay for a truncation.
+WAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 _SCHEMA = (
     "CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 0), "
@@ -335,6 +340,7 @@ def _connect(file: Path, durability: Durability) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise StorageError(f"{file}: cannot use WAL mode (journal mode is {mode})")
         conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         if durability is Durability.ALWAYS:
             conn.execute("PRAGMA fullfsync=ON")  # macOS: a real barrier, not just a cache flush
     except BaseException:
