@@ -9,6 +9,7 @@ The child touches no socket, file or lock of the parent's: it only calls `snapsh
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import tempfile
@@ -53,6 +54,9 @@ class Snapshotter:
                 # Drop every inherited descriptor first: the store's lock and the bound
                 # sockets must die with the node, not live on in an orphan if it is killed.
                 os.closerange(3, _MAX_FD)
+                # A collection here would write to the header of every tracked object and so
+                # copy each page of the parent's heap it touches; the child lives seconds.
+                gc.disable()
                 path.write_bytes(take())
                 code = 0
             finally:

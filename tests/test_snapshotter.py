@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 
@@ -41,6 +42,13 @@ def test_a_failing_child_gives_nothing_and_the_next_one_works(tmp_path):
     assert wait_for(snap) is None and not snap.busy
     snap.start(2, lambda: b"ok")
     assert wait_for(snap) == (2, b"ok")
+
+
+def test_the_child_does_not_collect_garbage_but_the_parent_still_does(tmp_path):
+    snap = Snapshotter(tmp_path)
+    assert gc.isenabled()
+    snap.start(5, lambda: str(gc.isenabled()).encode())
+    assert wait_for(snap) == (5, b"False") and gc.isenabled()
 
 
 def test_without_fork_it_is_taken_inline(tmp_path):
