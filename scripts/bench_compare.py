@@ -37,6 +37,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -236,6 +237,7 @@ class Op:
     rid: int = 0
     server: str = ""
     attempts: int = 0
+    refusals: int = 0  # `busy` answers so far
 
 
 class Conn:
@@ -377,6 +379,12 @@ class Driver:
         code = reply.get("error")
         if code == "rejected":
             self.on_done(op, "rejected", now)
+        elif code == "busy":  # the leader sheds load: come back to it after its hint
+            op.refusals += 1  # each refusal doubles the back-off (up to 32x), with jitter
+            hint = reply.get("retry_after_ms")
+            pause = hint / 1000 if isinstance(hint, int) and 0 < hint < 5000 else RETRY_PAUSE_S
+            pause *= 2 ** min(op.refusals - 1, 5) * random.uniform(1.0, 2.0)
+            self._retry_later(op, op.server, pause)
         elif code in RETRYABLE:
             hint = reply.get("leader")
             if hint in self.conns and hint != op.server:

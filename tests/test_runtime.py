@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from brokerless.core import Config, Core
 from brokerless.messages import Append, AppendResponse, VoteRequest, VoteResponse
-from brokerless.runtime import Runtime, Timing
+from brokerless.runtime import Overloaded, Runtime, Timing
 from brokerless.storage import MemoryStorage
 from brokerless.types import Entry, EntryKind, HardState, Role
 from brokerless.wire import decode_message
@@ -147,3 +149,31 @@ def test_a_commit_only_change_costs_no_save_of_its_own_but_is_kept():
     assert not [j for j in journal if j[0] == "save"]
     rt.flush()
     assert rt.storage.load().hard_state.commit == index
+
+
+def test_a_leader_refuses_proposals_beyond_max_pending_until_some_are_applied():
+    journal: list = []
+    config = Config("a", IDS)
+    rt = Runtime(config, Core(config, random.Random(1)), RecordingStorage(journal),
+                 RecordingTransport(journal), Timing(), max_pending=3)
+    rt.app = Recorder()
+    elect(rt, journal)
+    results = []
+    indexes = [rt.propose(b"bid%d" % n, lambda r, e: results.append(r)) for n in range(3)]
+    with pytest.raises(Overloaded) as refused:
+        rt.propose(b"one too many", lambda r, e: results.append(r))
+    assert refused.value.limit == 3 and rt.stats["overloaded"] == 1
+    rt.process_ready()
+    assert b"one too many" not in [e.data for e in rt.core.log.slice(1, indexes[-1] + 1)]
+    rt.core.step(AppendResponse(rt.core.term, "b", "a", True, indexes[-1]))
+    rt.process_ready()
+    assert results == indexes  # applied, so there is room again
+    assert rt.propose(b"next", lambda r, e: None) == indexes[-1] + 1
+
+
+def test_max_pending_must_be_a_positive_int():
+    config = Config("a", IDS)
+    for bad in (0, -1, 1.5, None):
+        with pytest.raises(ValueError):
+            Runtime(config, Core(config, random.Random(1)), MemoryStorage(),
+                    RecordingTransport([]), Timing(), max_pending=bad)

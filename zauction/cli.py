@@ -20,7 +20,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from brokerless.runtime import Timing
+from brokerless.runtime import DEFAULT_MAX_PENDING, Timing
 from brokerless.storage import Durability
 from zauction import cluster as local
 from zauction import console
@@ -199,6 +199,9 @@ def node(
         help="always: fsync every write; batch: group fsyncs (may lose the last moments on "
              "power loss); off: tests only.")] = Durability.ALWAYS,
     snapshot_every: Annotated[int, typer.Option(min=1, help="Entries between snapshots.")] = 100_000,
+    max_pending: Annotated[int, typer.Option(
+        min=1, help="Writes in flight at the leader before it answers `busy` (backpressure).")
+    ] = DEFAULT_MAX_PENDING,
     log_format: Annotated[LogFormat, typer.Option(help="text or json lines.")] = LogFormat.text,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.INFO,
 ) -> None:
@@ -213,7 +216,7 @@ def node(
         data_dir=data_dir or Path("data") / f"{host}_{port}",
         auction_duration_ms=auction_duration,
         timing=timing_from(tick, heartbeat_interval, election_timeout),
-        durability=durability, snapshot_every=snapshot_every)
+        durability=durability, snapshot_every=snapshot_every, max_pending=max_pending)
     with errors():
         AuctionNode(opts).run()
 

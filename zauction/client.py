@@ -9,6 +9,7 @@ gets its socket closed and reopened, and the next server is tried.
 from __future__ import annotations
 
 import itertools
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from zauction.protocol import (
 
 DEFAULT_SERVERS = ("localhost:8001", "localhost:8002", "localhost:8003")
 RETRY_PAUSE_S = 0.05
+MAX_BUSY_PAUSE_MS = 5_000  # a larger retry_after_ms from a node is not believed
 CONNECT_WAIT_S = 0.2  # how long a request waits for a TCP connection to a node
 DISCONNECT_CHECK_S = 0.02  # while waiting for a reply, how often to check the node is still there  # between rounds when no node knows a leader (an election is running)
 
@@ -143,7 +145,7 @@ class AuctionClient:
         """Send one request until some node completes it or the deadline passes."""
         deadline = time.monotonic() + self.timeout
         body = {"op": op, **fields}
-        answered = False
+        answered, refusals = False, 0
         while True:
             for server in self._order():
                 left = deadline - time.monotonic()
@@ -159,7 +161,13 @@ class AuctionClient:
                     answered = True
                     if retry.leader in self.servers:
                         self._preferred = retry.leader
-            self._pause(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
+                    if retry.busy is not None:  # the leader is saturated: back off, ask again
+                        refusals += 1
+                        pause = busy_pause_s(retry.busy, refusals)
+                        self._pause(min(pause, max(0.0, deadline - time.monotonic())))
+                        break
+            else:  # nobody completed it this round: pause before the next
+                self._pause(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
 
     def _order(self) -> list[str]:
         rest = [s for s in self.servers if s != self._preferred]
@@ -247,8 +255,18 @@ class _NoAnswer(Exception):
 
 
 class _Retry(Exception):
-    def __init__(self, leader: str | None):
+    def __init__(self, leader: str | None, busy: dict | None = None):
         self.leader = leader
+        self.busy = busy  # the `busy` reply, when the node is saturated
+
+
+def busy_pause_s(reply: dict, refusals: int = 1) -> float:
+    """The back-off after the `refusals`-th `busy` answer to one request: the node's hint,
+    doubled per earlier refusal (up to 32x) so a backlog of waiting clients does not keep
+    a saturated leader busy refusing them, with jitter so they do not come back in step."""
+    hint = reply.get("retry_after_ms")
+    base = hint / 1000 if type(hint) is int and 0 < hint <= MAX_BUSY_PAUSE_MS else RETRY_PAUSE_S
+    return base * 2 ** min(max(refusals, 1) - 1, 5) * random.uniform(1.0, 2.0)
 
 
 def _result_or_raise(reply: dict) -> Any:
@@ -258,6 +276,8 @@ def _result_or_raise(reply: dict) -> Any:
     if code in (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE, ErrorCode.OUTCOME_UNKNOWN,
                 ErrorCode.TIMEOUT):
         raise _Retry(reply.get("leader") if type(reply.get("leader")) is str else None)
+    if code == ErrorCode.BUSY:
+        raise _Retry(None, reply)
     if code == ErrorCode.REJECTED:
         raise BidRejected(str(reply.get("reason")), message, reply.get("result"))
     if code == ErrorCode.UNKNOWN_AUCTION:

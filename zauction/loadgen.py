@@ -36,7 +36,7 @@ from hdrh.histogram import HdrHistogram
 
 from brokerless.wire import pack
 from zauction.checker import FinalState, Rules
-from zauction.client import AuctionClient, ClientError, endpoint
+from zauction.client import AuctionClient, ClientError, busy_pause_s, endpoint
 from zauction.history import OK, REJECTED, UNKNOWN, BidOp, HistoryWriter
 from zauction.protocol import CLIENT_KIND, ErrorCode, ProtocolError, decode_reply
 
@@ -246,6 +246,7 @@ class _Op:
     attempt_rid: int = 0
     rids: list[int] = field(default_factory=list)
     done: bool = False
+    refusals: int = 0  # `busy` answers so far: each doubles the back-off
 
 
 class _OpSink:
@@ -370,7 +371,7 @@ class _Links:
 
 # --- the engine -----------------------------------------------------------------------------------
 
-_ATTEMPT, _RETRY, _SLOT = 0, 1, 2  # timer kinds
+_ATTEMPT, _RETRY, _SLOT, _BUSY = 0, 1, 2, 3  # timer kinds
 
 
 class _Engine:
@@ -449,6 +450,9 @@ class _Engine:
             elif kind == _RETRY:
                 if not what.done:
                     self._attempt(what, avoid=what.node)
+            elif kind == _BUSY:  # the leader asked us to come back later: same node
+                if not what.done:
+                    self._attempt(what, avoid=None)
             elif not self.stopping:
                 self._launch(what, when)
 
@@ -562,6 +566,13 @@ class _Engine:
         code = reply.get("error")
         if code == ErrorCode.REJECTED:
             self._finish(op, REJECTED, str(reply.get("reason")), result)
+        elif code == ErrorCode.BUSY:
+            self.stats.errors[str(code)] += 1
+            if op.attempt_rid == reply.get("rid"):
+                op.attempt_rid = 0  # the attempt is over: its timer must not fire again
+                op.refusals += 1
+                pause = busy_pause_s(reply, op.refusals)
+                self._timer(time.monotonic_ns() + _ns(pause), _BUSY, op)
         elif code in RETRYABLE:
             self.stats.errors[str(code)] += 1
             hint = reply.get("leader")

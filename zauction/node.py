@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brokerless.core import Config, Core, SoftState
-from brokerless.runtime import Runtime, Timing
+from brokerless.runtime import DEFAULT_MAX_PENDING, Runtime, Timing
 from brokerless.snapshotter import Snapshotter
 from brokerless.sqlite_storage import SqliteStorage
 from brokerless.storage import CorruptDataError, Durability
@@ -41,6 +41,7 @@ class NodeOptions:
     durability: Durability = Durability.ALWAYS
     snapshot_every: int = 100_000
     cluster_id: str = ""
+    max_pending: int = DEFAULT_MAX_PENDING  # writes in flight at the leader before `busy`
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -71,7 +72,7 @@ class AuctionNode:
         peers = {p: p for p in opts.peers}
         self.transport = Transport(opts.addr, peers, cluster_id=self.cluster_id)
         self.runtime = Runtime(config, core, self.storage, self.transport, t, opts.snapshot_every,
-                               Snapshotter(opts.data_dir))
+                               Snapshotter(opts.data_dir), max_pending=opts.max_pending)
         self.runtime.app = self
         self.service = Service(self.runtime, self.state, self.status)
         self._closing: set[str] = set()
@@ -201,6 +202,8 @@ class AuctionNode:
             "pub": self.transport.pub_endpoint, "members": list(self.opts.members),
             "rejected_peer_messages": self.runtime.rejected_peer_messages,
             "bad_requests": self.service.bad_requests,
+            "busy_replies": self.service.busy_replies,
+            "pending_writes": self.service.pending_writes,
             "loop": dict(self.runtime.stats),
         }
 

@@ -37,6 +37,7 @@ class ErrorCode:
     UNAVAILABLE = "unavailable"  # no leader known right now: retry later or elsewhere
     OUTCOME_UNKNOWN = "outcome_unknown"  # leadership changed mid-write: retry with the same seq
     TIMEOUT = "timeout"  # the node gave up waiting (forwarding, commit): retry, same seq
+    BUSY = "busy"  # the leader has too many writes in flight: retry after `retry_after_ms`
 
 
 class ProtocolError(Exception):
@@ -81,7 +82,8 @@ def ok_reply(rid: int, result: Any) -> bytes:
 
 
 def error_reply(rid: int, code: str, message: str, *, reason: str | None = None,
-                leader: str | None = None, result: Any = None) -> bytes:
+                leader: str | None = None, result: Any = None,
+                retry_after_ms: int | None = None) -> bytes:
     body: dict[str, Any] = {"rid": rid, "ok": False, "error": code, "message": message}
     if reason is not None:
         body["reason"] = reason
@@ -89,6 +91,8 @@ def error_reply(rid: int, code: str, message: str, *, reason: str | None = None,
         body["leader"] = leader
     if result is not None:
         body["result"] = result
+    if retry_after_ms is not None:
+        body["retry_after_ms"] = retry_after_ms
     return pack(body)
 
 

@@ -13,7 +13,7 @@ from itertools import count
 from typing import Any
 
 from brokerless.core import NotLeader
-from brokerless.runtime import ProposalLost, Runtime
+from brokerless.runtime import Overloaded, ProposalLost, Runtime
 from brokerless.transport import FromPeer, FromRouter
 from brokerless.types import Role
 from brokerless.wire import WireError, pack, unpack
@@ -45,6 +45,7 @@ log = logging.getLogger("zauction.service")
 
 Respond = Callable[[bytes], None]
 FORWARD_TIMEOUT_S = 3.0
+BUSY_RETRY_AFTER_MS = 20  # the hint sent with a `busy` reply: roughly one batch's commit time
 
 
 def now_ms() -> int:
@@ -60,6 +61,14 @@ class Service:
         self._forwards: dict[int, tuple[Respond, float, str, int]] = {}
         self._fids = count(1)
         self.bad_requests = 0
+        self.busy_replies = 0
+        # (client, seq) of each write proposed here and not yet applied -> who awaits it
+        self._pending_writes: dict[tuple[str, int], list[tuple[int, Respond]]] = {}
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes proposed here and not yet applied (each may have several waiters)."""
+        return len(self._pending_writes)
 
     # --- entry points from the loop ----------------------------------------------------
 
@@ -166,6 +175,19 @@ class Service:
     # --- writes ----------------------------------------------------------------------------
 
     def _write(self, req: ClientRequest, respond: Respond) -> None:
+        client, seq = req.body.get("client"), req.body.get("seq")
+        # Only well-typed keys are looked up: a list or map here must not raise (unhashable).
+        waiters = (self._pending_writes.get((client, seq))
+                   if type(client) is str and type(seq) is int else None)
+        if waiters is not None:
+            # A retry of a write still in flight here (the client timed out, or reached us
+            # twice): answer it with the original's outcome instead of logging it again, so
+            # retries under load do not multiply the work.
+            waiters.append((req.rid, respond))
+            return
+        if self.runtime.saturated:  # refuse before any work: this path must stay cheap
+            self._busy(req.rid, respond, Overloaded(self.runtime.max_pending))
+            return
         try:
             request = Request(*self._envelope(req.body), self._command(req))
         except InvalidCommand as exc:
@@ -174,14 +196,30 @@ class Service:
         except (KeyError, TypeError) as exc:
             respond(error_reply(req.rid, ErrorCode.BAD_REQUEST, f"missing or bad field: {exc}"))
             return
+        self._propose(request, req.rid, respond)
+
+    def _propose(self, request: Request, rid: int, respond: Respond) -> None:
+        key = (request.client_id, request.seq)
+        waiters = [(rid, respond)]
 
         def done(result: Any, error: BaseException | None) -> None:
-            respond(self._write_reply(req.rid, result, error))
+            self._pending_writes.pop(key, None)
+            for waiter_rid, reply_to in waiters:
+                reply_to(self._write_reply(waiter_rid, result, error))
 
         try:
             self.runtime.propose(encode_request(request), done)
         except NotLeader as exc:
-            respond(error_reply(req.rid, ErrorCode.NOT_LEADER, str(exc), leader=exc.leader))
+            respond(error_reply(rid, ErrorCode.NOT_LEADER, str(exc), leader=exc.leader))
+            return
+        except Overloaded as exc:
+            self._busy(rid, respond, exc)
+            return
+        self._pending_writes[key] = waiters
+
+    def _busy(self, rid: int, respond: Respond, exc: Overloaded) -> None:
+        self.busy_replies += 1
+        respond(error_reply(rid, ErrorCode.BUSY, str(exc), retry_after_ms=BUSY_RETRY_AFTER_MS))
 
     @staticmethod
     def _envelope(body: dict) -> tuple[str, int, int]:

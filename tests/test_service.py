@@ -1,0 +1,166 @@
+"""The node's request handling against a scripted runtime: how writes are proposed, joined
+when retried while in flight, and refused with `busy` when the leader is saturated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from brokerless.runtime import Overloaded, ProposalLost
+from brokerless.types import Role
+from brokerless.wire import pack, unpack
+from zauction.domain import AuctionState
+from zauction.service import BUSY_RETRY_AFTER_MS, Service
+
+
+class ScriptedRuntime:
+    """Leader that logs proposals and applies them to a real AuctionState when told."""
+
+    role = Role.LEADER
+    leader = "a"
+
+    def __init__(self, state: AuctionState, max_pending: int = 100):
+        self.state = state
+        self.max_pending = max_pending
+        self.log: list[tuple[bytes, Any]] = []
+        self.applied = 0
+
+    @property
+    def saturated(self) -> bool:
+        return len(self.log) - self.applied >= self.max_pending
+
+    def propose(self, data: bytes, callback) -> int:
+        if self.saturated:
+            raise Overloaded(self.max_pending)
+        self.log.append((data, callback))
+        return len(self.log)
+
+    def apply_all(self) -> None:
+        while self.applied < len(self.log):
+            data, callback = self.log[self.applied]
+            self.applied += 1
+            callback(self.state.apply(self.applied, 1, data), None)
+
+    def lose_leadership(self) -> None:
+        for _, callback in self.log[self.applied:]:
+            callback(None, ProposalLost("leadership lost"))
+        self.applied = len(self.log)
+
+
+def make(max_pending: int = 100) -> tuple[Service, ScriptedRuntime]:
+    state = AuctionState()
+    runtime = ScriptedRuntime(state, max_pending)
+    service = Service(runtime, state, lambda: {})
+    service.handle(pack({"op": "open", "rid": 1, "client": "admin", "seq": 1, "auction": "x",
+                         "duration_ms": 60_000}), lambda data: None)
+    runtime.apply_all()
+    return service, runtime
+
+
+def bid(service: Service, rid: int, seq: int, amount: int, replies: list) -> None:
+    payload = pack({"op": "bid", "rid": rid, "client": "c1", "seq": seq, "auction": "x",
+                    "bidder": "ann", "amount": amount})
+    service.handle(payload, lambda data: replies.append(unpack(data)))
+
+
+def test_a_retry_of_a_write_in_flight_is_answered_with_it_and_not_logged_twice():
+    service, runtime = make()
+    replies: list = []
+    bid(service, rid=10, seq=1, amount=5, replies=replies)
+    bid(service, rid=11, seq=1, amount=5, replies=replies)  # the client's retry, same seq
+    assert len(runtime.log) == 2 and service.pending_writes == 1
+    runtime.apply_all()
+    assert sorted(r["rid"] for r in replies) == [10, 11]
+    assert all(r["ok"] and r["result"]["high"] == 5 for r in replies)
+    assert service.pending_writes == 0
+    bid(service, rid=12, seq=1, amount=5, replies=replies)  # applied: a new entry, deduplicated
+    runtime.apply_all()
+    assert len(runtime.log) == 3 and replies[-1]["rid"] == 12 and replies[-1]["ok"]
+    assert service.state.result("x")["bids"] == 1
+
+
+def test_joined_waiters_all_learn_that_the_outcome_is_unknown_when_leadership_is_lost():
+    service, runtime = make()
+    replies: list = []
+    bid(service, rid=20, seq=1, amount=5, replies=replies)
+    bid(service, rid=21, seq=1, amount=5, replies=replies)
+    runtime.lose_leadership()
+    assert [(r["rid"], r["error"]) for r in replies] == [(20, "outcome_unknown"),
+                                                          (21, "outcome_unknown")]
+    assert service.pending_writes == 0
+
+
+def test_a_saturated_leader_answers_busy_with_a_retry_hint_and_logs_nothing():
+    service, runtime = make(max_pending=2)
+    replies: list = []
+    for seq in (1, 2, 3):
+        bid(service, rid=30 + seq, seq=seq, amount=seq * 10, replies=replies)
+    assert len(runtime.log) == 3  # the open, then two bids: the third was refused
+    assert [r["rid"] for r in replies] == [33]
+    assert replies[0]["error"] == "busy" and replies[0]["retry_after_ms"] == BUSY_RETRY_AFTER_MS
+    assert service.busy_replies == 1 and service.pending_writes == 2
+    runtime.apply_all()
+    bid(service, rid=43, seq=3, amount=30, replies=replies)  # the retry is accepted now
+    runtime.apply_all()
+    assert replies[-1]["rid"] == 43 and replies[-1]["ok"]
+    assert service.state.result("x")["highest"] == {"bidder": "ann", "amount": 30}
+
+
+def test_a_refused_retry_does_not_drop_the_original_waiter():
+    service, runtime = make(max_pending=1)
+    replies: list = []
+    bid(service, rid=50, seq=1, amount=5, replies=replies)
+    bid(service, rid=51, seq=1, amount=5, replies=replies)  # joined, not refused
+    assert replies == []
+    runtime.apply_all()
+    assert sorted(r["rid"] for r in replies) == [50, 51] and all(r["ok"] for r in replies)
+
+
+
+def test_the_client_backs_off_on_busy_and_retries_the_same_node_with_the_same_seq():
+    import threading
+
+    import zmq
+
+    from zauction.client import AuctionClient
+    from zauction.protocol import CLIENT_KIND, ErrorCode, error_reply, ok_reply
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    seen: list[dict] = []
+
+    def serve() -> None:  # busy twice, then the answer
+        for n in range(3):
+            if not router.poll(5000):
+                return
+            ident, _, payload = router.recv_multipart()
+            body = unpack(payload)
+            seen.append(body)
+            reply = (error_reply(body["rid"], ErrorCode.BUSY, "busy", retry_after_ms=1) if n < 2
+                     else ok_reply(body["rid"], {"ok": True, "high": body["amount"]}))
+            router.send_multipart([ident, CLIENT_KIND, reply])
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    other = "127.0.0.1:1"  # nobody listens there: a busy answer must not send us there
+    try:
+        with AuctionClient([f"127.0.0.1:{port}", other], timeout=5.0) as client:
+            assert client.bid(9, "ann", "x")["high"] == 9
+    finally:
+        server.join(timeout=5)
+        router.close(linger=0)
+    assert len(seen) == 3
+    assert len({(b["client"], b["seq"]) for b in seen}) == 1  # the same write, three times
+    assert len({b["rid"] for b in seen}) == 3
+
+
+def test_unhashable_client_fields_get_a_typed_error_not_an_exception():
+    service, runtime = make()
+    replies: list = []
+    for client, seq in (([1, 2], 1), ("c1", {"a": 1}), ({"x": 1}, [3])):
+        payload = pack({"op": "bid", "rid": 70, "client": client, "seq": seq, "auction": "x",
+                        "bidder": "ann", "amount": 5})
+        service.handle(payload, lambda data: replies.append(unpack(data)))
+    assert [r["error"] for r in replies] == ["bad_request"] * 3
+    assert len(runtime.log) == 1  # only the open
