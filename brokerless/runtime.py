@@ -59,6 +59,9 @@ class Application(StateMachine, Protocol):
     def on_applied(self) -> None:
         """Once per Ready, after its committed entries were applied (batch side effects here)."""
 
+    def on_iteration_end(self) -> None:
+        """At the end of every loop iteration: flush what was gathered during it."""
+
 
 class Overloaded(Exception):
     """The leader already has `limit` proposals waiting to be applied: refuse more now,
@@ -176,6 +179,8 @@ class Runtime:
                 self._tick()
                 next_tick = max(next_tick + tick_s, now)
             self.process_ready()
+            if self.app is not None:
+                self.app.on_iteration_end()
 
     def stop(self) -> None:
         self.running = False

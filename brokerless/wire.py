@@ -264,6 +264,36 @@ def _unpack_limited(data: bytes, max_bytes: int, *, max_str: int, max_map: int) 
         raise MalformedFrame(f"not valid msgpack: {type(exc).__name__}: {exc}") from exc
 
 
+def unpack_stream(data: bytes, max_bytes: int, max_items: int) -> list[Any]:
+    """Decode a frame holding one or more msgpack objects back to back (a msgpack stream).
+
+    Raises MalformedFrame for bad msgpack, a truncated last object or more than `max_items`.
+    One object (the common case) costs a single unpackb."""
+    try:
+        return [_unpack_limited(data, max_bytes, max_str=max_bytes, max_map=max_bytes)]
+    except MalformedFrame as exc:
+        if not isinstance(exc.__cause__, msgpack.ExtraData):
+            raise
+    unpacker = msgpack.Unpacker(
+        raw=False, use_list=True, strict_map_key=True, max_buffer_size=len(data),
+        max_bin_len=len(data), max_str_len=len(data), max_array_len=len(data),
+        max_map_len=len(data), max_ext_len=0)
+    unpacker.feed(data)
+    items: list[Any] = []
+    end = 0  # where the last complete object ended (tell() alone also counts a partial one)
+    try:
+        for obj in unpacker:
+            items.append(obj)
+            end = unpacker.tell()
+            if len(items) > max_items:
+                raise MalformedFrame(f"more than {max_items} objects in one frame")
+    except _UNPACK_ERRORS as exc:
+        raise MalformedFrame(f"not valid msgpack: {type(exc).__name__}: {exc}") from exc
+    if end != len(data):
+        raise MalformedFrame("the frame ends inside a msgpack object")
+    return items
+
+
 def decode_message(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Decode and validate one consensus message from untrusted bytes.
 

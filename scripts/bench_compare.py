@@ -63,6 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from zauction.cluster import free_port_run, sigterm_as_interrupt, start_cluster  # noqa: E402
+from zauction.protocol import decode_replies, request_frames  # noqa: E402
 
 CLIENT_KIND = b"C"
 RETRYABLE = frozenset({"not_leader", "unavailable", "outcome_unknown", "timeout"})
@@ -279,6 +280,7 @@ class Driver:
         self.tag = uuid.uuid4().hex[:8]
         self.seqs: list[int] = []
         self.pending: dict[int, Op] = {}  # rid -> op
+        self.outbox: dict[str, list[bytes]] = {}  # server -> requests for the next frame
         self.timeouts: deque[tuple[float, int]] = deque()  # (deadline, rid), in send order
         self.retries: list[tuple[float, int, Op]] = []  # heap of (due, tiebreak, op)
         self._rids = itertools.count(1)
@@ -317,11 +319,12 @@ class Driver:
             op.rid, op.server = next(self._rids), candidate
             body = {"op": "bid", "rid": op.rid, "client": f"{self.tag}-{op.slot}",
                     "seq": op.seq, "auction": "default", "bidder": f"b{op.slot}",
-                    "amount": op.amount}
-            try:
-                conn.sock.send_multipart([CLIENT_KIND, msgpack.packb(body)], zmq.NOBLOCK)
-            except zmq.Again:  # IMMEDIATE: no connection to that node right now
-                continue
+                    "amount": op.amount, "stream": True}
+            if not conn.sock.get(zmq.EVENTS) & zmq.POLLOUT:
+                continue  # IMMEDIATE: no connection to that node right now
+            # Requests wait in the outbox until step(): several leave in one frame, the way
+            # zauction.loadgen sends them (docs/protocol.md, several requests in one frame).
+            self.outbox.setdefault(candidate, []).append(msgpack.packb(body))
             op.attempts += 1
             self.pending[op.rid] = op
             if self.attempt_timeout is not None:
@@ -347,6 +350,7 @@ class Driver:
         wait_ms = max(0, int(timeout * 1000))
         if self.retries:
             wait_ms = min(wait_ms, max(0, int((self.retries[0][0] - time.monotonic()) * 1000)))
+        self._flush()
         for sock, _ in self.poller.poll(wait_ms):
             if sock in self._by_sock:
                 self._read_replies(self._by_sock[sock])
@@ -355,21 +359,33 @@ class Driver:
         self._expire_attempts()
         self._send_due_retries()
 
+    def _flush(self) -> None:
+        outbox, self.outbox = self.outbox, {}
+        for server, payloads in outbox.items():
+            for frame in request_frames(payloads):
+                try:
+                    self.conns[server].sock.send_multipart([CLIENT_KIND, frame], zmq.NOBLOCK)
+                except zmq.Again:
+                    break  # the connection dropped meanwhile: the attempt timeout retries
+
     def _read_replies(self, conn: Conn) -> None:
         while True:
             try:
                 frames = conn.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            reply = msgpack.unpackb(frames[-1])
-            rid = reply.get("rid", 0)
-            if rid == 0 and reply.get("error") in RETRYABLE:
-                # A node that gives up on requests it forwarded (its leader changed or did
-                # not answer) may say so with rid 0: retry everything waiting there.
-                self._reroute_from(conn.server, reply.get("leader"))
-            op = self.pending.pop(rid, None)
-            if op is not None:
-                self._judge(op, reply)
+            for reply in decode_replies(frames[-1]):
+                self._on_reply(conn, reply)
+
+    def _on_reply(self, conn: Conn, reply: dict) -> None:
+        rid = reply.get("rid", 0)
+        if rid == 0 and reply.get("error") in RETRYABLE:
+            # A node that gives up on requests it forwarded (its leader changed or did
+            # not answer) may say so with rid 0: retry everything waiting there.
+            self._reroute_from(conn.server, reply.get("leader"))
+        op = self.pending.pop(rid, None)
+        if op is not None:
+            self._judge(op, reply)
 
     def _judge(self, op: Op, reply: dict) -> None:
         now = time.monotonic()

@@ -29,15 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zauction.protocol import (  # noqa: E402  (the checkout, found through the line above)
     CLIENT_KIND,
+    ClientRequest,
     ErrorCode,
     ProtocolError,
-    decode_request,
+    decode_requests,
     error_reply,
     ok_reply,
     rid_of,
 )
 
 REPLIES = "inproc://pso-replies"
+MAX_REPLIES_PER_FRAME = 512  # as zauction.service
 HWM = 10_000  # the same as a zauction node's ROUTER
 MAX_AMOUNT = 10**15
 
@@ -138,22 +140,40 @@ class RequestServer:
             except zmq.Again:
                 return
             if len(frames) == 3 and frames[1] == CLIENT_KIND:
-                self.handle(frames[0], frames[2])
+                self.handle_frame(frames[0], frames[2])
 
     def _drain_replies(self) -> None:
+        """Send the answers PySyncObj produced; those to `stream` requests share a frame per
+        client, as a zauction node does (the same framing for both systems)."""
+        streamed: dict[bytes, list[bytes]] = {}
         while True:
             try:
-                ident, payload = self.replies.recv_multipart(zmq.NOBLOCK)
+                ident, payload, stream = self.replies.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            self.router.send_multipart([ident, CLIENT_KIND, payload])
+                break
+            if stream == b"1":
+                streamed.setdefault(ident, []).append(payload)
+            else:
+                self.router.send_multipart([ident, CLIENT_KIND, payload])
+        for ident, payloads in streamed.items():
+            for start in range(0, len(payloads), MAX_REPLIES_PER_FRAME):
+                frame = b"".join(payloads[start:start + MAX_REPLIES_PER_FRAME])
+                self.router.send_multipart([ident, CLIENT_KIND, frame])
 
-    def handle(self, ident: bytes, payload: bytes) -> None:
+    def handle_frame(self, ident: bytes, payload: bytes) -> None:
+        """One request, or several back to back (docs/protocol.md)."""
         try:
-            req = decode_request(payload)
+            items = decode_requests(payload)
         except ProtocolError as exc:
             self._reply(ident, error_reply(rid_of(payload), ErrorCode.BAD_REQUEST, str(exc)))
             return
+        for req in items:
+            if isinstance(req, ProtocolError):
+                self._reply(ident, error_reply(req.rid, ErrorCode.BAD_REQUEST, str(req)))
+            else:
+                self.handle(ident, req)
+
+    def handle(self, ident: bytes, req: ClientRequest) -> None:
         if req.op == "status":
             self._reply(ident, ok_reply(req.rid, self.status()))
         elif req.op == "bid":
@@ -170,15 +190,17 @@ class RequestServer:
                                            reason="invalid"))
             return
 
+        stream = b"1" if body.get("stream") is True else b""
+
         def done(accepted: Any, err: int) -> None:
-            self._push(ident, bid_reply(rid, amount, bidder, accepted, err))
+            self._push(ident, bid_reply(rid, amount, bidder, accepted, err), stream)
 
         self.node.bid(amount, bidder, callback=done)
 
     def _reply(self, ident: bytes, payload: bytes) -> None:
         self.router.send_multipart([ident, CLIENT_KIND, payload])
 
-    def _push(self, ident: bytes, payload: bytes) -> None:
+    def _push(self, ident: bytes, payload: bytes, stream: bytes) -> None:
         # Called from PySyncObj's tick thread (or ours, for a full queue): ZeroMQ sockets
         # are not thread-safe, so each calling thread gets its own PUSH to our PULL.
         push = getattr(self._local, "push", None)
@@ -186,7 +208,7 @@ class RequestServer:
             push = self._local.push = self.ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.SNDHWM, 0)
             push.connect(REPLIES)
-        push.send_multipart([ident, payload])
+        push.send_multipart([ident, payload, stream])
 
     def status(self) -> dict:
         st = self.node.getStatus()

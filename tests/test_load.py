@@ -77,11 +77,14 @@ class FakeNode:
         while not self.stop.is_set():
             if self.sock.poll(5):
                 ident, kind, payload = self.sock.recv_multipart()
-                reply = self._answer(msgpack.unpackb(payload))
-                if reply is not None:
-                    count += 1
-                    frames = [ident, kind, msgpack.packb(reply)]
-                    heapq.heappush(later, (time.monotonic() + self.delay_s, count, frames))
+                unpacker = msgpack.Unpacker()  # a frame may hold several requests
+                unpacker.feed(payload)
+                for body in unpacker:
+                    reply = self._answer(body)
+                    if reply is not None:
+                        count += 1
+                        frames = [ident, kind, msgpack.packb(reply)]
+                        heapq.heappush(later, (time.monotonic() + self.delay_s, count, frames))
             while later and later[0][0] <= time.monotonic():
                 self.sock.send_multipart(heapq.heappop(later)[2])
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from brokerless.runtime import Overloaded, ProposalLost
+from brokerless.transport import FromRouter
 from brokerless.types import Role
 from brokerless.wire import pack, unpack
 from zauction.domain import AuctionState
+from zauction.protocol import decode_replies, decode_requests
 from zauction.service import BUSY_RETRY_AFTER_MS, Service
 
 
@@ -164,3 +166,72 @@ def test_unhashable_client_fields_get_a_typed_error_not_an_exception():
         service.handle(payload, lambda data: replies.append(unpack(data)))
     assert [r["error"] for r in replies] == ["bad_request"] * 3
     assert len(runtime.log) == 1  # only the open
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+
+    def reply(self, identity: bytes, kind: bytes, payload: bytes) -> bool:
+        self.sent.append((identity, payload))
+        return True
+
+
+def with_transport(max_pending: int = 100) -> tuple[Service, ScriptedRuntime, FakeTransport]:
+    service, runtime = make(max_pending)
+    runtime.transport = FakeTransport()
+    return service, runtime, runtime.transport
+
+
+def bid_body(rid: int, seq: int, amount: int, **extra: Any) -> dict:
+    return {"op": "bid", "rid": rid, "client": f"c{rid}", "seq": seq, "auction": "x",
+            "bidder": "ann", "amount": amount, **extra}
+
+
+def test_several_requests_in_one_frame_are_each_served_and_stream_replies_share_a_frame():
+    service, runtime, transport = with_transport()
+    frame = b"".join(pack(b) for b in (bid_body(1, 1, 10, stream=True), bid_body(2, 1, 20),
+                                       bid_body(3, 1, 30, stream=True)))
+    service.on_router(FromRouter(b"cli", b"C", frame))
+    assert len(runtime.log) == 4  # the open and three bids
+    runtime.apply_all()
+    assert [unpack(p)["rid"] for _, p in transport.sent] == [2]  # not a stream client: at once
+    service.flush_replies()
+    ident, payload = transport.sent[-1]
+    replies = decode_replies(payload)
+    assert ident == b"cli" and [r["rid"] for r in replies] == [1, 3]
+    assert [r["result"]["amount"] for r in replies] == [10, 30]
+    service.flush_replies()
+    assert len(transport.sent) == 2  # nothing is sent twice
+
+
+def test_a_bad_request_inside_a_frame_is_answered_alone_and_the_others_are_served():
+    service, runtime, transport = with_transport()
+    frame = b"".join(pack(b) for b in (bid_body(1, 1, 10), [1, 2], {"rid": 7, "op": 5},
+                                       bid_body(2, 1, 20)))
+    service.on_router(FromRouter(b"cli", b"C", frame))
+    runtime.apply_all()
+    answers = {(r["rid"], r.get("error")) for r in (unpack(p) for _, p in transport.sent)}
+    assert answers == {(0, "bad_request"), (7, "bad_request"), (1, None), (2, None)}
+    assert service.bad_requests == 2
+
+
+def test_a_truncated_frame_is_refused_whole_and_logs_nothing():
+    service, runtime, transport = with_transport()
+    frame = pack(bid_body(1, 1, 10)) + pack(bid_body(2, 1, 20))[:-3]
+    service.on_router(FromRouter(b"cli", b"C", frame))
+    assert len(runtime.log) == 1
+    assert [unpack(p)["error"] for _, p in transport.sent] == ["bad_request"]
+
+
+def test_request_frames_respect_the_count_and_byte_limits():
+    from zauction.protocol import MAX_REQUEST_BYTES, MAX_REQUESTS_PER_FRAME, request_frames
+
+    small = [pack(bid_body(n, 1, n + 1)) for n in range(MAX_REQUESTS_PER_FRAME + 5)]
+    frames = list(request_frames(small))
+    assert [len(decode_requests(f)) for f in frames] == [MAX_REQUESTS_PER_FRAME, 5]
+    big = [pack({"op": "bid", "rid": n, "pad": "x" * 20_000}) for n in range(7)]
+    frames = list(request_frames(big))
+    assert all(len(f) <= MAX_REQUEST_BYTES for f in frames)
+    assert [r.rid for f in frames for r in decode_requests(f)] == list(range(7))
+    assert list(request_frames([])) == []

@@ -38,7 +38,13 @@ from brokerless.wire import pack
 from zauction.checker import FinalState, Rules
 from zauction.client import AuctionClient, ClientError, busy_pause_s, endpoint
 from zauction.history import OK, REJECTED, UNKNOWN, BidOp, HistoryWriter
-from zauction.protocol import CLIENT_KIND, ErrorCode, ProtocolError, decode_reply
+from zauction.protocol import (
+    CLIENT_KIND,
+    ErrorCode,
+    ProtocolError,
+    decode_replies,
+    request_frames,
+)
 
 ATTEMPT_TIMEOUT_S = 1.0
 OP_TIMEOUT_S = 10.0
@@ -323,6 +329,7 @@ class _Links:
     instead of queueing it, and a dropped connection shows as the socket not being writable."""
 
     def __init__(self, servers: Sequence[str], ctx: zmq.Context) -> None:
+        self.outbox: dict[str, list[bytes]] = {}
         self.poller = zmq.Poller()
         self.sockets: dict[str, zmq.Socket] = {}
         self.node_of: dict[zmq.Socket, str] = {}
@@ -337,11 +344,25 @@ class _Links:
             self.poller.register(sock, zmq.POLLIN)
 
     def send(self, node: str, payload: bytes) -> bool:
-        try:
-            self.sockets[node].send_multipart([CLIENT_KIND, payload], flags=zmq.NOBLOCK)
-            return True
-        except zmq.Again:
+        """Queue a request for `node` (sent by flush(), several to a frame); False at once
+        when there is no connection to it."""
+        if not self.connected(node):
             return False
+        self.outbox.setdefault(node, []).append(payload)
+        return True
+
+    def flush(self) -> None:
+        """Send what send() queued: one frame per node per MAX_FRAME_REQUESTS requests, so the
+        node receives and the kernel moves one message instead of one per bid. A frame the
+        socket refuses (the connection dropped meanwhile) is left to the attempt timers."""
+        outbox, self.outbox = self.outbox, {}
+        for node, payloads in outbox.items():
+            sock = self.sockets[node]
+            for frame in request_frames(payloads):
+                try:
+                    sock.send_multipart([CLIENT_KIND, frame], flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
 
     def await_connections(self, deadline: float) -> None:
         for sock in self.sockets.values():
@@ -421,8 +442,9 @@ class _Engine:
             last_progress = self._periodic(now, periodic, last_progress)
             self._fire_timers(now)
             wake = min(*periodic.values(), self.timers[0][0] if self.timers else now + _ns(0.1))
+            self.links.flush()
             for node, payload in self.links.receive(max(0, (wake - now) // 1_000_000)):
-                self._on_reply(node, payload)
+                self._on_frame(node, payload)
         return self._result(time.monotonic_ns())
 
     def _periodic(self, now: int, due: dict[str, int],
@@ -504,7 +526,8 @@ class _Engine:
         rid = next(self.rids)
         b = op.bidder
         payload = pack({"op": "bid", "rid": rid, "client": b.client, "seq": op.seq,
-                        "auction": b.auction, "bidder": b.name, "amount": op.amount})
+                        "auction": b.auction, "bidder": b.name, "amount": op.amount,
+                        "stream": True})
         for node in self._candidates(avoid):
             if self.links.send(node, payload):
                 op.node, op.attempt_rid = node, rid
@@ -531,12 +554,16 @@ class _Engine:
             order.append(avoid)
         return [n for n in order if n not in self.down]
 
-    def _on_reply(self, node: str, payload: bytes) -> None:
+    def _on_frame(self, node: str, payload: bytes) -> None:
         try:
-            reply = decode_reply(payload)
+            replies = decode_replies(payload)  # several when the bids asked for `stream`
         except ProtocolError:
             self.stats.errors["bad_reply"] += 1
             return
+        for reply in replies:
+            self._on_reply(node, reply)
+
+    def _on_reply(self, node: str, reply: dict) -> None:
         rid = reply.get("rid")
         if rid in self.status_rids:
             self.status_rids.discard(rid)

@@ -155,6 +155,9 @@ class AuctionNode:
         # batch's events (a send per event cost more CPU than the rest of a bid).
         self._outbox.setdefault(topic, []).append(event)
 
+    def on_iteration_end(self) -> None:
+        self.service.flush_replies()
+
     def on_applied(self) -> None:
         for topic, events in self._outbox.items():
             self.transport.publish(topic, pack(events))

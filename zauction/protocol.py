@@ -7,10 +7,11 @@ single implementation in Python (node and client both use it).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from brokerless.wire import WireError, pack, unpack
+from brokerless.wire import WireError, pack, unpack, unpack_stream
 
 CLIENT_KIND = b"C"  # client request / reply
 FORWARD_KIND = b"F"  # a node forwards a client request to the leader
@@ -18,7 +19,9 @@ FORWARD_REPLY_KIND = b"FR"  # the leader's answer to a forwarded request
 FEED_PREFIX = b"feed/"  # PUB topic prefix of the live feed: feed/<auction>
 CLUSTER_TOPIC = b"feed/~cluster"  # leader changes
 
-MAX_REQUEST_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = 64 * 1024  # one request frame, whether it holds one request or several
+MAX_REQUESTS_PER_FRAME = 1024
+MAX_REPLY_BYTES = 64 << 20
 
 WRITE_OPS = frozenset({"bid", "open", "close"})
 READ_OPS = frozenset({"result", "history", "auctions", "events"})
@@ -41,7 +44,12 @@ class ErrorCode:
 
 
 class ProtocolError(Exception):
-    """A request or reply that does not follow the protocol."""
+    """A request or reply that does not follow the protocol. `rid`: the request's id when
+    it could be read (0 otherwise), for the error reply."""
+
+    def __init__(self, message: str, rid: int = 0):
+        super().__init__(message)
+        self.rid = rid
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +65,48 @@ def decode_request(payload: bytes) -> ClientRequest:
         body = unpack(payload, MAX_REQUEST_BYTES)
     except WireError as exc:
         raise ProtocolError(f"undecodable request: {exc}") from None
+    return request_from(body)
+
+
+def decode_requests(payload: bytes) -> list[ClientRequest | ProtocolError]:
+    """Parse a request frame holding one request or several back to back (a msgpack
+    stream). Raises ProtocolError when the frame itself is unreadable; a readable frame gives
+    one item per request: the request, or the ProtocolError that answers it."""
+    try:
+        bodies = unpack_stream(payload, MAX_REQUEST_BYTES, MAX_REQUESTS_PER_FRAME)
+    except WireError as exc:
+        raise ProtocolError(f"undecodable request: {exc}") from None
+    items: list[ClientRequest | ProtocolError] = []
+    for body in bodies:
+        try:
+            items.append(request_from(body))
+        except ProtocolError as exc:
+            items.append(exc)
+    return items
+
+
+def request_frames(payloads: list[bytes]) -> Iterator[bytes]:
+    """Join encoded requests into frames within the protocol's limits (count and bytes)."""
+    start, size = 0, 0
+    for end, payload in enumerate(payloads):
+        if end > start and (end - start >= MAX_REQUESTS_PER_FRAME
+                            or size + len(payload) > MAX_REQUEST_BYTES):
+            yield b"".join(payloads[start:end])
+            start, size = end, 0
+        size += len(payload)
+    if start < len(payloads):
+        yield b"".join(payloads[start:])
+
+
+def request_from(body: Any) -> ClientRequest:
+    """Check one decoded request map's envelope (op and rid); raises ProtocolError."""
     if type(body) is not dict:
         raise ProtocolError("a request must be a msgpack map")
     op, rid = body.get("op"), body.get("rid", 0)
     if type(rid) is not int or not 0 <= rid < 2**63:
         raise ProtocolError("'rid' must be an integer in [0, 2**63)")
     if type(op) is not str:
-        raise ProtocolError("'op' must be a string")
+        raise ProtocolError("'op' must be a string", rid)
     return ClientRequest(op, rid, body)
 
 
@@ -98,9 +141,23 @@ def error_reply(rid: int, code: str, message: str, *, reason: str | None = None,
 
 def decode_reply(payload: bytes) -> dict[str, Any]:
     try:
-        body = unpack(payload, 64 << 20)
+        body = unpack(payload, MAX_REPLY_BYTES)
     except WireError as exc:
         raise ProtocolError(f"undecodable reply: {exc}") from None
+    return _check_reply(body)
+
+
+def decode_replies(payload: bytes) -> list[dict[str, Any]]:
+    """Every reply in a reply frame: one, or several back to back when the requests asked
+    for `stream` (see docs/protocol.md). Raises ProtocolError."""
+    try:
+        bodies = unpack_stream(payload, MAX_REPLY_BYTES, MAX_REPLY_BYTES)
+    except WireError as exc:
+        raise ProtocolError(f"undecodable reply: {exc}") from None
+    return [_check_reply(body) for body in bodies]
+
+
+def _check_reply(body: Any) -> dict[str, Any]:
     if type(body) is not dict or type(body.get("ok")) is not bool:
         raise ProtocolError("a reply must be a map with a boolean 'ok'")
     return body

@@ -36,6 +36,7 @@ from zauction.protocol import (
     ErrorCode,
     ProtocolError,
     decode_request,
+    decode_requests,
     error_reply,
     ok_reply,
     rid_of,
@@ -45,6 +46,7 @@ log = logging.getLogger("zauction.service")
 
 Respond = Callable[[bytes], None]
 FORWARD_TIMEOUT_S = 3.0
+MAX_REPLIES_PER_FRAME = 512  # keeps a gathered reply frame well under clients' limits
 BUSY_RETRY_AFTER_MS = 20  # the hint sent with a `busy` reply: roughly one batch's commit time
 
 
@@ -64,6 +66,7 @@ class Service:
         self.busy_replies = 0
         # (client, seq) of each write proposed here and not yet applied -> who awaits it
         self._pending_writes: dict[tuple[str, int], list[tuple[int, Respond]]] = {}
+        self._reply_box: dict[bytes, list[bytes]] = {}  # client identity -> replies to send
 
     @property
     def pending_writes(self) -> int:
@@ -73,10 +76,8 @@ class Service:
     # --- entry points from the loop ----------------------------------------------------
 
     def on_router(self, event: FromRouter) -> None:
-        transport = self.runtime.transport
         if event.kind == CLIENT_KIND:
-            ident = event.identity
-            self.handle(event.payload, lambda data: transport.reply(ident, CLIENT_KIND, data))
+            self._on_client(event.identity, event.payload)
         elif event.kind == FORWARD_KIND:
             self._on_forwarded(event)
         else:
@@ -114,12 +115,33 @@ class Service:
     # --- one request -----------------------------------------------------------------------
 
     def handle(self, payload: bytes, respond: Respond, forwarded: bool = False) -> None:
+        """Serve one request frame holding a single request (a forwarded one, say)."""
         try:
             req = decode_request(payload)
         except ProtocolError as exc:
             self.bad_requests += 1
             respond(error_reply(rid_of(payload), ErrorCode.BAD_REQUEST, str(exc)))
             return
+        self._serve(req, payload, respond, forwarded)
+
+    def _on_client(self, ident: bytes, payload: bytes) -> None:
+        """A client's frame: one request, or several back to back (docs/protocol.md)."""
+        try:
+            items = decode_requests(payload)
+        except ProtocolError as exc:
+            self.bad_requests += 1
+            self._reply_now(ident, error_reply(rid_of(payload), ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        single = payload if len(items) == 1 else None
+        for item in items:
+            if isinstance(item, ProtocolError):
+                self.bad_requests += 1
+                self._reply_now(ident, error_reply(item.rid, ErrorCode.BAD_REQUEST, str(item)))
+            else:
+                self._serve(item, single, self._replier(ident, item), False)
+
+    def _serve(self, req: ClientRequest, payload: bytes | None, respond: Respond,
+               forwarded: bool) -> None:
         if req.op == "status":
             respond(ok_reply(req.rid, self.status()))
         elif req.op in WRITE_OPS:
@@ -133,7 +155,29 @@ class Service:
             self.bad_requests += 1
             respond(error_reply(req.rid, ErrorCode.UNKNOWN_OP, f"unknown op {req.op!r}"))
 
-    def _route(self, req: ClientRequest, payload: bytes, respond: Respond, forwarded: bool,
+    # --- replies to clients ----------------------------------------------------------------
+
+    def _replier(self, ident: bytes, req: ClientRequest) -> Respond:
+        if req.body.get("stream") is not True:
+            return lambda data: self._reply_now(ident, data)
+        box = self._reply_box
+        # The client reads reply frames as msgpack streams: its replies wait for the end of
+        # this loop iteration and leave together, one frame (one send) for many replies.
+        return lambda data: box.setdefault(ident, []).append(data)
+
+    def _reply_now(self, ident: bytes, data: bytes) -> None:
+        self.runtime.transport.reply(ident, CLIENT_KIND, data)
+
+    def flush_replies(self) -> None:
+        """Send the replies gathered for `stream` clients (once per loop iteration)."""
+        if not self._reply_box:
+            return
+        box, self._reply_box = self._reply_box, {}
+        for ident, replies in box.items():
+            for start in range(0, len(replies), MAX_REPLIES_PER_FRAME):
+                self._reply_now(ident, b"".join(replies[start:start + MAX_REPLIES_PER_FRAME]))
+
+    def _route(self, req: ClientRequest, payload: bytes | None, respond: Respond, forwarded: bool,
                serve: Callable[[ClientRequest, Respond], None]) -> None:
         if self.runtime.role == Role.LEADER:
             serve(req, respond)
@@ -144,7 +188,8 @@ class Service:
             code = ErrorCode.NOT_LEADER if leader else ErrorCode.UNAVAILABLE
             respond(error_reply(req.rid, code, "no leader known here", leader=leader))
             return
-        self._forward(leader, payload, respond, req.rid)
+        # A request that shared its frame with others is forwarded on its own.
+        self._forward(leader, payload if payload is not None else pack(req.body), respond, req.rid)
 
     # --- forwarding ------------------------------------------------------------------------
 
