@@ -2,24 +2,38 @@
 
 Every wait is a condition polled until a deadline (`wait_until`); nothing sleeps to
 synchronize. `stop_all()` ends every process it started, by PID (SIGTERM, then SIGKILL after
-a deadline); the tests call it from a fixture finalizer so that no node outlives its test.
+a deadline); the tests call it from a fixture finalizer (or leave a `with Cluster(...)` block)
+so that no node outlives its test.
+
+Also shared by the real-process tests: `running_cluster` (started, led, default auction open),
+`Bidders` (threads that bid under load and record every outcome) and the checks
+`agreed_history` and `assert_acked_present`.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from zauction.client import AuctionClient, ClientError, UnknownAuctionError
+from zauction.client import (
+    AuctionClient,
+    BidRejected,
+    ClientError,
+    ClusterUnavailable,
+    UnknownAuctionError,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_SCRIPT = Path(__file__).resolve().with_name("node_proc.py")
@@ -49,6 +63,13 @@ def wait_until(condition: Callable[[], T], deadline_s: float, what: str,
             raise HarnessError(f"timed out after {deadline_s:.1f}s waiting for {what}\n{explain()}")
         # Polling a condition with a deadline (the house rule), not a synchronizing sleep.
         time.sleep(POLL_S)
+
+
+def repo_env() -> dict[str, str]:
+    """This process's environment with the repository first on PYTHONPATH, for children that
+    must import this checkout (installed or not)."""
+    paths = (str(REPO), os.environ.get("PYTHONPATH", ""))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def free_ports(count: int) -> list[int]:
@@ -99,6 +120,12 @@ class Cluster:
         self._clients: list[AuctionClient] = []
         self._attempt = 0
 
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
     # --- starting ---------------------------------------------------------------------------
 
     def start(self, ready_deadline_s: float = 10.0) -> Cluster:
@@ -130,14 +157,12 @@ class Cluster:
         cmd = [sys.executable, str(NODE_SCRIPT), "--addr", node.addr, "--peers", peers,
                "--data-dir", str(node.data_dir),
                "--auction-duration-ms", str(self.auction_duration_ms), *self.node_args]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
         if node.log_file is None:
             node.log_file = open(node.log_path, "ab")  # noqa: SIM115 (closed in stop_all)
         node.log_file.write(f"---- harness: starting {node.addr}\n".encode())
         node.log_file.flush()
         node.proc = subprocess.Popen(cmd, stdout=node.log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=REPO, env=env)
+                                     stdin=subprocess.DEVNULL, cwd=REPO, env=repo_env())
         node.paused = False
 
     def _wait_serving(self, node: Node, deadline_s: float) -> None:
@@ -179,6 +204,10 @@ class Cluster:
             return {s["addr"]: s for s in probe.status()}
         finally:
             self._forget(probe)
+
+    def status(self, addr: str) -> dict:
+        """One node's status (role "unreachable" when it does not answer in time)."""
+        return self.statuses([addr])[addr]
 
     def serving(self) -> list[str]:
         """Nodes whose process runs and is not paused by SIGSTOP."""
@@ -339,3 +368,148 @@ def shows_logs(test: Callable[..., None]) -> Callable[..., None]:
             raise
 
     return wrapper
+
+
+@contextmanager
+def running_cluster(workdir: Path, **options: Any) -> Iterator[Cluster]:
+    """A started Cluster(workdir, **options) with an agreed leader and the default auction
+    open; every process is stopped by PID when the block ends, however it ends."""
+    with Cluster(workdir, **options) as nodes:
+        nodes.start()
+        nodes.wait_for_leader()
+        nodes.wait_for_default_auction()
+        yield nodes
+
+
+# --- bidders: threads that bid rising amounts and record every outcome -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One bid and the cluster's answer; `sent` and `done` are time.monotonic() readings."""
+
+    bidder: str
+    amount: int
+    sent: float
+    done: float
+    verdict: str  # "ok" (acknowledged), "rejected" (judged and refused) or "unknown"
+    reason: str | None = None
+
+
+class Bidders:
+    """`count` threads, each with its own AuctionClient, bidding the next amount of `amounts`
+    (default: 1, 2, 3 ...) until the `with` block ends.
+
+    Concurrent bidders race, so some bids arrive below the highest and are rejected: that is a
+    verdict too, and a rejected amount must never appear in the history. A bid that times out
+    (the node died, the cluster is electing) has an unknown outcome. `amounts` may be shared by
+    several Bidders in turn, so that a later round bids above an earlier one.
+    """
+
+    def __init__(self, servers: Sequence[str], count: int = 3, *, timeout: float = 10.0,
+                 amounts: Iterator[int] | None = None, stop_deadline_s: float = 15.0):
+        """`timeout` is each client's per-request budget; the threads must all have stopped
+        `stop_deadline_s` after the block ends."""
+        self.servers = list(servers)
+        self.timeout = timeout
+        self.stop_deadline_s = stop_deadline_s
+        self.outcomes: list[Outcome] = []
+        self.errors: list[BaseException] = []
+        self._amounts = amounts if amounts is not None else itertools.count(1)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(f"bidder{i}",),
+                                          name=f"bidder{i}", daemon=True)
+                         for i in range(count)]
+
+    def __enter__(self) -> Bidders:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.stop(self.stop_deadline_s, check=exc_type is None)  # keep the test's own failure
+
+    def stop(self, deadline_s: float = 15.0, check: bool = True) -> None:
+        """Stop every thread; with `check`, assert that they stopped and none failed."""
+        self._stop.set()
+        end = time.monotonic() + deadline_s
+        for thread in self._threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        if not check:
+            return
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        assert not stuck, f"bidder threads did not stop: {stuck}"
+        assert not self.errors, f"bidders failed: {self.errors!r}"
+
+    def next_amount(self) -> int:
+        with self._lock:
+            return next(self._amounts)
+
+    def _run(self, name: str) -> None:
+        client = AuctionClient(self.servers, timeout=self.timeout)
+        try:
+            while not self._stop.is_set():
+                self.bid_once(client, name)
+        except BaseException as exc:  # noqa: BLE001 (reported by stop() and wait_acked())
+            self.errors.append(exc)
+        finally:
+            client.close()
+
+    def bid_once(self, client: AuctionClient, name: str) -> Outcome:
+        """One bid of the next amount, its outcome recorded (any thread, its own client)."""
+        amount, sent = self.next_amount(), time.monotonic()
+        try:
+            client.bid(amount, name)
+            outcome = Outcome(name, amount, sent, time.monotonic(), "ok")
+        except BidRejected as exc:
+            outcome = Outcome(name, amount, sent, time.monotonic(), "rejected", exc.reason)
+        except ClusterUnavailable:
+            outcome = Outcome(name, amount, sent, time.monotonic(), "unknown")
+        self.outcomes.append(outcome)
+        return outcome
+
+    def acked(self, after: float = 0.0) -> list[Outcome]:
+        """The acknowledged bids sent at or after `after` (a time.monotonic() reading)."""
+        return [o for o in list(self.outcomes) if o.verdict == "ok" and o.sent >= after]
+
+    def wait_acked(self, count: int, deadline_s: float, after: float = 0.0) -> None:
+        """Until `count` bids sent since `after` are acknowledged; fails if a bidder failed."""
+        wait_until(lambda: len(self.acked(after)) >= count or self.errors, deadline_s,
+                   f"{count} acknowledged bids")
+        assert not self.errors, f"bidders failed: {self.errors!r}"
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def agreed_history(cluster: Cluster, addrs: list[str], deadline_s: float = 10.0) -> list[dict]:
+    """Once `addrs` applied the same index (waited for up to `deadline_s`), each node's own
+    (stale) result and history must be identical. Returns that history."""
+    cluster.wait_applied_equal(addrs, deadline_s)
+    seen = {}
+    for addr in addrs:
+        local = cluster.client([addr])
+        seen[addr] = (local.result(stale=True), local.history(stale=True))
+    first = addrs[0]
+    for addr in addrs[1:]:
+        assert seen[addr][0] == seen[first][0], f"{addr} and {first} disagree on the result"
+        assert seen[addr][1] == seen[first][1], f"{addr} and {first} disagree on the history"
+    return seen[first][1]
+
+
+def assert_acked_present(history: list[dict], outcomes: list[Outcome]) -> None:
+    """The history is strictly increasing, holds every acknowledged bid (by its bidder) and no
+    rejected one, and invents nothing: each amount in it was sent with an ok or unknown
+    outcome."""
+    in_history = {h["amount"]: h["bidder"] for h in history}
+    amounts = [h["amount"] for h in history]
+    assert amounts == sorted(set(amounts)), "the history is not strictly increasing"
+    for o in outcomes:
+        if o.verdict == "ok":
+            assert in_history.get(o.amount) == o.bidder, f"acknowledged bid lost: {o}"
+        elif o.verdict == "rejected":
+            assert o.amount not in in_history, f"rejected bid in the history: {o}"
+    sent = {o.amount for o in outcomes if o.verdict in ("ok", "unknown")}
+    invented = set(in_history) - sent
+    assert not invented, f"bids in history that nobody made or whose rejection we saw: {invented}"

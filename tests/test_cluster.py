@@ -13,12 +13,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import msgpack
 import pytest
 import zmq
-from harness import Cluster, HarnessError, shows_logs, wait_until
+from harness import (
+    Bidders,
+    Cluster,
+    HarnessError,
+    agreed_history,
+    assert_acked_present,
+    running_cluster,
+    shows_logs,
+    wait_until,
+)
 
 from brokerless.messages import VoteRequest
 from brokerless.wire import encode_message
@@ -34,133 +42,8 @@ ROUTER_MAX_MESSAGE_BYTES = 64 << 20  # brokerless.transport's default max_messag
 
 @pytest.fixture
 def cluster(tmp_path) -> Iterator[Cluster]:
-    nodes = Cluster(tmp_path, size=3)
-    try:
-        nodes.start()
-        nodes.wait_for_leader()
-        nodes.wait_for_default_auction()
+    with running_cluster(tmp_path, size=3) as nodes:
         yield nodes
-    finally:
-        nodes.stop_all()
-
-
-# --- bidders: threads that bid increasing amounts and record every outcome --------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    bidder: str
-    amount: int
-    sent: float
-    done: float
-    verdict: str  # "ok" (acknowledged), "rejected" (judged and refused) or "unknown"
-    reason: str | None = None
-
-
-class Bidders:
-    """`count` threads, each with its own AuctionClient, bidding from one rising counter.
-
-    Concurrent bidders race, so some bids arrive below the highest and are rejected: that is
-    a verdict too, and a rejected amount must never appear in the history.
-    """
-
-    def __init__(self, servers: list[str], count: int, *, timeout: float = 10.0):
-        self.servers = servers
-        self.timeout = timeout
-        self.outcomes: list[Outcome] = []
-        self.errors: list[BaseException] = []
-        self._amounts = itertools.count(1)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(f"bidder{i}",), daemon=True)
-                         for i in range(count)]
-
-    def __enter__(self) -> Bidders:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.stop(check=exc_type is None)  # do not hide the test's own failure
-
-    def stop(self, deadline_s: float = 15.0, check: bool = True) -> None:
-        self._stop.set()
-        end = time.monotonic() + deadline_s
-        for thread in self._threads:
-            thread.join(max(0.0, end - time.monotonic()))
-        if not check:
-            return
-        stuck = [t.name for t in self._threads if t.is_alive()]
-        assert not stuck, f"bidder threads did not stop: {stuck}"
-        assert not self.errors, f"bidders failed: {self.errors!r}"
-
-    def next_amount(self) -> int:
-        with self._lock:
-            return next(self._amounts)
-
-    def _run(self, name: str) -> None:
-        client = AuctionClient(self.servers, timeout=self.timeout)
-        try:
-            while not self._stop.is_set():
-                self.bid_once(client, name)
-        except BaseException as exc:  # noqa: BLE001 (reported by stop())
-            self.errors.append(exc)
-        finally:
-            client.close()
-
-    def bid_once(self, client: AuctionClient, name: str) -> Outcome:
-        """One bid of the next amount, its outcome recorded (any thread, its own client)."""
-        amount, sent = self.next_amount(), time.monotonic()
-        try:
-            client.bid(amount, name)
-            outcome = Outcome(name, amount, sent, time.monotonic(), "ok")
-        except BidRejected as exc:
-            outcome = Outcome(name, amount, sent, time.monotonic(), "rejected", exc.reason)
-        except ClusterUnavailable:
-            outcome = Outcome(name, amount, sent, time.monotonic(), "unknown")
-        self.outcomes.append(outcome)
-        return outcome
-
-    def acked(self, after: float = 0.0) -> list[Outcome]:
-        return [o for o in list(self.outcomes) if o.verdict == "ok" and o.sent >= after]
-
-    def wait_acked(self, count: int, deadline_s: float, after: float = 0.0) -> None:
-        wait_until(lambda: len(self.acked(after)) >= count or self.errors, deadline_s,
-                   f"{count} acknowledged bids")
-        assert not self.errors, f"bidders failed: {self.errors!r}"
-
-
-# --- checks ------------------------------------------------------------------------------------
-
-
-def replicas_agree(cluster: Cluster, addrs: list[str]) -> list[dict]:
-    """Once `addrs` applied the same index, each one's local (stale) result and history must be
-    identical; returns that history."""
-    cluster.wait_applied_equal(addrs)
-    results, histories = {}, {}
-    for addr in addrs:
-        local = cluster.client([addr])
-        results[addr] = local.result(stale=True)
-        histories[addr] = local.history(stale=True)
-    first = addrs[0]
-    for addr in addrs[1:]:
-        assert results[addr] == results[first], f"{addr} and {first} disagree on the result"
-        assert histories[addr] == histories[first], f"{addr} and {first} disagree on history"
-    return histories[first]
-
-
-def assert_nothing_acked_lost(history: list[dict], outcomes: list[Outcome]) -> None:
-    in_history = {h["amount"]: h["bidder"] for h in history}
-    amounts = [h["amount"] for h in history]
-    assert amounts == sorted(set(amounts)), "the history is not strictly increasing"
-    for o in outcomes:
-        if o.verdict == "ok":
-            assert in_history.get(o.amount) == o.bidder, f"acknowledged bid lost: {o}"
-        elif o.verdict == "rejected":
-            assert o.amount not in in_history, f"rejected bid in history: {o}"
-    sent = {o.amount for o in outcomes if o.verdict in ("ok", "unknown")}
-    invented = set(in_history) - sent
-    assert not invented, f"bids in history that nobody made or whose rejection we saw: {invented}"
 
 
 # --- the original scenario: kill -9 the leader under load --------------------------------------
@@ -193,8 +76,8 @@ def test_bids_survive_kill_9_of_the_leader(cluster: Cluster, record_property) ->
     assert judged.verdict in ("ok", "rejected"), f"the probe bid was not judged: {judged}"
     assert first < FAILOVER_LIMIT_S, f"the first bid after the kill took {first:.2f}s"
     assert new_leader in survivors
-    history = replicas_agree(cluster, survivors)
-    assert_nothing_acked_lost(history, bidders.outcomes)
+    history = agreed_history(cluster, survivors)
+    assert_acked_present(history, bidders.outcomes)
     assert len(history) >= 60
 
 
@@ -222,7 +105,7 @@ def await_reply(sock: zmq.Socket, deadline_s: float) -> dict | None:
 @shows_logs
 def test_sigstopped_leader_steps_down_and_serves_no_stale_read(cluster: Cluster) -> None:
     old = cluster.leader()
-    old_term = cluster.statuses([old])[old]["term"]
+    old_term = cluster.status(old)["term"]
     everyone = cluster.client()
     acked = [everyone.bid(amount, "before") for amount in (10, 20, 30)]
     cluster.kill(old, signal.SIGSTOP)
@@ -253,7 +136,7 @@ def test_sigstopped_leader_steps_down_and_serves_no_stale_read(cluster: Cluster)
     statuses = wait_until(lambda: _stepped_down(cluster, old, old_term), 10.0,
                           "the old leader to step down", cluster.explain)
     assert statuses[old]["leader"] == new
-    history = replicas_agree(cluster, list(cluster.nodes))
+    history = agreed_history(cluster, list(cluster.nodes))
     assert [(h["bidder"], h["amount"]) for h in history] == [
         (r["bidder"], r["amount"]) for r in acked]
 
@@ -316,9 +199,9 @@ def test_watcher_sees_every_committed_bid_once_across_a_leader_kill(cluster: Clu
     assert not feed.thread.is_alive(), "the watcher never delivered the sentinel bid"
     assert not feed.errors, f"the watcher failed: {feed.errors!r}"
     print(f"FEED {len(feed.events)} events, {feed.filled} by gap filling")
-    history = replicas_agree(cluster, cluster.others(leader))
+    history = agreed_history(cluster, cluster.others(leader))
     assert history[-1]["bidder"] == SENTINEL
-    assert_nothing_acked_lost(history[:-1], bidders.outcomes)
+    assert_acked_present(history[:-1], bidders.outcomes)
     bids = [e for e in feed.events if e["type"] == "bid_accepted"]
     seen = Counter((e["auction"], e["seq"]) for e in bids)
     assert [key for key, n in seen.items() if n > 1] == [], "events delivered twice"
@@ -347,8 +230,8 @@ def test_follower_forwards_writes_and_reads(cluster: Cluster) -> None:
     via.open_auction("lamp", duration_ms=60_000, reserve=5)
     assert via.bid(7, "dora", auction="lamp")["ok"]
     assert [a["auction"] for a in via.auctions()] == ["default", "lamp"]
-    assert cluster.statuses([follower])[follower]["role"] == "follower"
-    replicas_agree(cluster, list(cluster.nodes))
+    assert cluster.status(follower)["role"] == "follower"
+    agreed_history(cluster, list(cluster.nodes))
 
 
 # --- garbage on every socket ----------------------------------------------------------------------
@@ -512,7 +395,7 @@ def test_garbage_on_every_socket_changes_nothing(cluster: Cluster) -> None:
     assert_terms_below(cluster, 10**6)
     assert client.history() == before
     assert client.bid(30, "carol")["ok"], "a good bid after the garbage"
-    history = replicas_agree(cluster, addrs)
+    history = agreed_history(cluster, addrs)
     assert history[:-1] == before and history[-1]["amount"] == 30
 
 
@@ -532,7 +415,7 @@ def test_garbage_from_an_impostor_peer_does_not_cut_the_real_link(cluster: Clust
     assert_terms_below(cluster, 10**6)
     assert client.history() == before
     assert client.bid(30, "carol")["ok"], "a good bid after the impostor left"
-    replicas_agree(cluster, list(cluster.nodes))
+    agreed_history(cluster, list(cluster.nodes))
 
 
 # --- restart the whole cluster on the same data -------------------------------------------------
@@ -550,9 +433,9 @@ def test_every_acked_bid_survives_a_whole_cluster_kill_9_and_restart(cluster: Cl
     for addr in cluster.nodes:
         cluster.restart(addr)
     leader = cluster.wait_for_leader()
-    assert cluster.statuses([leader])[leader]["term"] > old_term
-    history = replicas_agree(cluster, list(cluster.nodes))
-    assert_nothing_acked_lost(history, bidders.outcomes)
+    assert cluster.status(leader)["term"] > old_term
+    history = agreed_history(cluster, list(cluster.nodes))
+    assert_acked_present(history, bidders.outcomes)
     assert cluster.client().result() == cluster.client([leader]).result(stale=True)
     top = history[-1]["amount"]
     with pytest.raises(BidRejected):
@@ -563,11 +446,8 @@ def test_every_acked_bid_survives_a_whole_cluster_kill_9_and_restart(cluster: Cl
 @pytest.mark.timeout(30)
 def test_harness_reports_a_missing_leader_with_logs(tmp_path) -> None:
     """The harness itself: a wait that cannot succeed fails with statuses and logs."""
-    lonely = Cluster(tmp_path, size=1)
-    try:
+    with Cluster(tmp_path, size=1) as lonely:
         lonely.start()
         with pytest.raises(HarnessError, match="statuses"):
             wait_until(lambda: False, 0.2, "nothing", lonely.explain)
-    finally:
-        lonely.stop_all()
     assert all(not node.alive for node in lonely.nodes.values())

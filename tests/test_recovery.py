@@ -22,7 +22,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,14 +30,27 @@ from pathlib import Path
 import msgpack
 import pytest
 import typer
-from harness import REPO, Cluster, Node, free_ports, shows_logs, wait_until
+from harness import (
+    REPO,
+    Bidders,
+    Cluster,
+    Node,
+    Outcome,
+    agreed_history,
+    assert_acked_present,
+    free_ports,
+    repo_env,
+    running_cluster,
+    shows_logs,
+    wait_until,
+)
 from typer.testing import CliRunner
 
 from brokerless.sqlite_storage import DB_FILENAME, SqliteStorage, snapshot_crc
 from brokerless.storage import CorruptDataError, Durability, StorageError
 from brokerless.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 from zauction.cli_data import register
-from zauction.client import AuctionClient, BidRejected, ClusterUnavailable
+from zauction.client import BidRejected
 from zauction.commands import MAX_TIMESTAMP_MS, Bid, OpenAuction, Request, encode_request
 from zauction.console import ExitCode
 from zauction.domain import AuctionState
@@ -46,122 +58,21 @@ from zauction.inspect import NotADataDirError, inspect_data_dir
 from zauction.node import NodeOptions
 
 SNAPSHOT_EVERY = "50"  # small, so that a few seconds of bidding compacts the log many times
+BID_TIMEOUT_S = 1.5  # bids in flight at a kill give up soon, with an unknown outcome
+AGREE_DEADLINE_S = 20.0  # for nodes that restarted or caught up to apply the same index
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    nodes = Cluster(tmp_path, size=3, node_args=("--snapshot-every", SNAPSHOT_EVERY))
-    try:
-        nodes.start()
-        nodes.wait_for_leader()
-        nodes.wait_for_default_auction()
+    node_args = ("--snapshot-every", SNAPSHOT_EVERY)
+    with running_cluster(tmp_path, size=3, node_args=node_args) as nodes:
         yield nodes
-    finally:
-        nodes.stop_all()
 
 
-# --- load: bidder threads on one rising amount counter ------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    bidder: str
-    amount: int
-    verdict: str  # "ok" (acknowledged), "rejected" (judged and refused) or "unknown"
-
-
-class Load:
-    """`threads` bidders, each with its own client, bidding the next amount of `amounts`.
-
-    `amounts` may be shared by several Loads, so that bids stay above the last round's."""
-
-    def __init__(self, servers: list[str], threads: int = 3, *,
-                 amounts: Iterator[int] | None = None, timeout: float = 1.5):
-        self.servers, self.timeout = servers, timeout
-        self.amounts = amounts if amounts is not None else itertools.count(1)
-        self.outcomes: list[Outcome] = []
-        self.errors: list[BaseException] = []
-        self._lock, self._stop = threading.Lock(), threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(f"bidder{i}",), daemon=True)
-                         for i in range(threads)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.timeout + 10.0)
-        assert not any(t.is_alive() for t in self._threads), "bidder threads did not stop"
-        assert not self.errors, f"bidders failed: {self.errors!r}"
-
-    def acked(self) -> list[Outcome]:
-        return [o for o in list(self.outcomes) if o.verdict == "ok"]
-
-    def wait_acked(self, count: int, deadline_s: float) -> None:
-        wait_until(lambda: len(self.acked()) >= count or self.errors, deadline_s,
-                   f"{count} acknowledged bids")
-        assert not self.errors, f"bidders failed: {self.errors!r}"
-
-    def _run(self, name: str) -> None:
-        client = AuctionClient(self.servers, timeout=self.timeout)
-        try:
-            while not self._stop.is_set():
-                with self._lock:
-                    amount = next(self.amounts)
-                self.outcomes.append(Outcome(name, amount, _verdict(client, name, amount)))
-        except BaseException as exc:  # noqa: BLE001 (reported by __exit__)
-            self.errors.append(exc)
-        finally:
-            client.close()
-
-
-def _verdict(client: AuctionClient, bidder: str, amount: int) -> str:
-    try:
-        client.bid(amount, bidder)
-        return "ok"
-    except BidRejected:
-        return "rejected"
-    except ClusterUnavailable:  # the node died or the cluster is electing: outcome unknown
-        return "unknown"
-
-
-# --- checks -------------------------------------------------------------------------------------
-
-
-def agreed_history(cluster: Cluster, addrs: list[str]) -> list[dict]:
-    """Once `addrs` applied the same index: each node's own (stale) result and history must be
-    identical. Returns that history."""
-    cluster.wait_applied_equal(addrs, deadline_s=20.0)
-    seen = {}
-    for addr in addrs:
-        local = cluster.client([addr])
-        seen[addr] = (local.result(stale=True), local.history(stale=True))
-    first = seen[addrs[0]]
-    for addr in addrs[1:]:
-        assert seen[addr][0] == first[0], f"{addr} and {addrs[0]} disagree on the result"
-        assert seen[addr][1] == first[1], f"{addr} and {addrs[0]} disagree on the history"
-    return first[1]
-
-
-def assert_acked_present(history: list[dict], outcomes: list[Outcome]) -> None:
-    """Every acknowledged bid is in the history, no rejected one is, nothing is invented."""
-    in_history = {h["amount"]: h["bidder"] for h in history}
-    amounts = [h["amount"] for h in history]
-    assert amounts == sorted(set(amounts)), "the history is not strictly increasing"
-    for o in outcomes:
-        if o.verdict == "ok":
-            assert in_history.get(o.amount) == o.bidder, f"acknowledged bid lost: {o}"
-        elif o.verdict == "rejected":
-            assert o.amount not in in_history, f"rejected bid in the history: {o}"
-    sent = {o.amount for o in outcomes if o.verdict != "rejected"}
-    assert set(in_history) <= sent, f"bids nobody made: {set(in_history) - sent}"
-
-
-def status_of(cluster: Cluster, addr: str) -> dict:
-    return cluster.statuses([addr])[addr]
+def bidding(servers: list[str], threads: int = 3, amounts: Iterator[int] | None = None) -> Bidders:
+    """Bidders with a short client timeout (BID_TIMEOUT_S)."""
+    return Bidders(servers, threads, timeout=BID_TIMEOUT_S, amounts=amounts,
+                   stop_deadline_s=BID_TIMEOUT_S + 10.0)
 
 
 def log_since_last_start(cluster: Cluster, addr: str) -> str:
@@ -177,17 +88,17 @@ def log_since_last_start(cluster: Cluster, addr: str) -> str:
 def test_follower_killed_under_load_catches_up_and_agrees(cluster: Cluster) -> None:
     leader = cluster.leader()
     follower = cluster.others(leader)[0]
-    with Load(list(cluster.nodes), threads=3) as load:
+    with bidding(list(cluster.nodes), threads=3) as load:
         load.wait_acked(20, deadline_s=15)
         cluster.kill(follower, signal.SIGKILL)
         load.wait_acked(60, deadline_s=15)  # the two others commit without it
         cluster.restart(follower)
-        target = status_of(cluster, leader)["commit_index"]
+        target = cluster.status(leader)["commit_index"]
         # It catches up while the load goes on, not only once the cluster is idle.
-        wait_until(lambda: status_of(cluster, follower).get("applied_index", 0) >= target,
+        wait_until(lambda: cluster.status(follower).get("applied_index", 0) >= target,
                    20.0, f"{follower} to apply the leader's commit {target}", cluster.explain)
         load.wait_acked(len(load.acked()) + 10, deadline_s=15)
-    history = agreed_history(cluster, list(cluster.nodes))
+    history = agreed_history(cluster, list(cluster.nodes), AGREE_DEADLINE_S)
     assert_acked_present(history, load.outcomes)
     assert len(history) >= 70
     # The inspector reads the running follower's store; its durable commit may trail by the
@@ -208,22 +119,22 @@ def test_follower_killed_under_load_catches_up_and_agrees(cluster: Cluster) -> N
 def test_follower_behind_the_leaders_snapshot_installs_it(cluster: Cluster) -> None:
     leader = cluster.leader()
     follower = cluster.others(leader)[0]
-    old_last = status_of(cluster, follower)["last_index"]
+    old_last = cluster.status(follower)["last_index"]
     cluster.kill(follower, signal.SIGKILL)
     # Far past it: the appends the leader sent to the dead follower stay queued in its ZeroMQ
     # socket (up to max_inflight of them) and reach the restarted process, so a short gap is
     # bridged by the log alone.
     gap = 1000
-    with Load(cluster.others(follower), threads=4) as load:
-        wait_until(lambda: status_of(cluster, leader)["snapshot_index"] > old_last + gap, 30.0,
+    with bidding(cluster.others(follower), threads=4) as load:
+        wait_until(lambda: cluster.status(leader)["snapshot_index"] > old_last + gap, 30.0,
                    "the leader to compact far past the dead follower's log", cluster.explain)
     cluster.restart(follower)
-    history = agreed_history(cluster, list(cluster.nodes))
+    history = agreed_history(cluster, list(cluster.nodes), AGREE_DEADLINE_S)
     installed = [int(line.rsplit(" ", 1)[-1]) for line in
                  log_since_last_start(cluster, follower).splitlines()
                  if "installed snapshot at index" in line]
     assert installed and installed[0] > old_last, f"no snapshot installed past {old_last}"
-    assert status_of(cluster, follower)["snapshot_index"] > old_last
+    assert cluster.status(follower)["snapshot_index"] > old_last
     assert_acked_present(history, load.outcomes)
     print(f"SNAPSHOT follower last index {old_last} before the kill; installed {installed}")
 
@@ -241,7 +152,7 @@ def test_every_acked_bid_survives_three_whole_cluster_kill_9s(cluster: Cluster) 
     amounts, outcomes = itertools.count(1), []
     addrs = list(cluster.nodes)
     for round_no in range(3):
-        with Load(addrs, threads=3, amounts=amounts) as load:
+        with bidding(addrs, threads=3, amounts=amounts) as load:
             load.wait_acked(rng.randint(5, 60), deadline_s=20)  # a random moment in the stream
             for addr in rng.sample(addrs, len(addrs)):
                 cluster.kill(addr, signal.SIGKILL)
@@ -249,7 +160,7 @@ def test_every_acked_bid_survives_three_whole_cluster_kill_9s(cluster: Cluster) 
         for addr in addrs:
             cluster.restart(addr)
         cluster.wait_for_leader()
-        history = agreed_history(cluster, addrs)
+        history = agreed_history(cluster, addrs, AGREE_DEADLINE_S)
         assert_acked_present(history, outcomes)
         print(f"KILL-ALL round {round_no}: {len(load.acked())} acked, history {len(history)}")
     assert len(history) >= len([o for o in outcomes if o.verdict == "ok"]) >= 15
@@ -285,7 +196,7 @@ def test_a_retry_after_a_whole_cluster_crash_gets_the_stored_reply(cluster: Clus
     others = cluster.client()
     for amount in range(201, 201 + 2 * int(SNAPSHOT_EVERY)):
         others.bid(amount, "bob")
-    history = agreed_history(cluster, list(cluster.nodes))
+    history = agreed_history(cluster, list(cluster.nodes), AGREE_DEADLINE_S)
     (index,) = [h["index"] for h in history if h["bidder"] == "alice" and h["amount"] == 200]
     # Snapshots are written in the background: wait until every node's covers the bid.
     wait_until(lambda: all(s["snapshot_index"] > index for s in cluster.statuses().values()),
@@ -296,7 +207,7 @@ def test_a_retry_after_a_whole_cluster_crash_gets_the_stored_reply(cluster: Clus
     with pytest.raises(BidRejected) as stale:
         retry(cluster, "alice", 1, 100)
     assert stale.value.reason == "stale_request"
-    history = agreed_history(cluster, list(cluster.nodes))
+    history = agreed_history(cluster, list(cluster.nodes), AGREE_DEADLINE_S)
     alices = [(h["amount"]) for h in history if h["bidder"] == "alice"]
     assert alices == [100, 200], "a retried bid was applied twice"
 
@@ -394,7 +305,7 @@ def seeded_single_node(workdir: Path, big: BigStore, *node_args: str) -> Cluster
 
 def settled(cluster: Cluster, addr: str) -> dict | None:
     """The node's status once it leads and applied == commit == last index."""
-    s = cluster.statuses([addr])[addr]
+    s = cluster.status(addr)
     done = s["role"] == "leader" and s["applied_index"] == s["commit_index"] == s["last_index"]
     return s if done else None
 
@@ -404,8 +315,7 @@ def settled(cluster: Cluster, addr: str) -> dict | None:
 def test_restart_on_a_million_bids(big_store: BigStore, tmp_path: Path,
                                    record_property) -> None:
     big = big_store
-    one = seeded_single_node(tmp_path, big)
-    try:
+    with seeded_single_node(tmp_path, big) as one:
         started = time.monotonic()
         one.start(ready_deadline_s=40)
         (addr,) = one.nodes
@@ -413,8 +323,6 @@ def test_restart_on_a_million_bids(big_store: BigStore, tmp_path: Path,
                             one.explain)
         restart_s = time.monotonic() - started
         result = one.client([addr], timeout=20).result()
-    finally:
-        one.stop_all()
     record_property("restart_1m_bids_s", round(restart_s, 2))
     print(f"RESTART on {BIG_BIDS + BIG_TAIL} bids: {restart_s:.2f}s to applied == commit == "
           f"last index ({status['last_index']})")
@@ -445,21 +353,21 @@ def kill_orphans(pids: list[int]) -> None:
 @pytest.mark.timeout(90)
 def test_restart_right_after_kill_9_during_a_forked_snapshot(big_store: BigStore,
                                                              tmp_path: Path) -> None:
-    one = seeded_single_node(tmp_path, big_store, "--snapshot-every", "100")
     orphans: list[int] = []
     try:
-        one.start(ready_deadline_s=40)
-        (addr,) = one.nodes
-        pid = one.nodes[addr].proc.pid
-        # The tail past the snapshot is longer than 100 entries: it snapshots once it applied.
-        orphans = wait_until(lambda: child_pids(pid), 30, "the node to fork a snapshot child")
-        one.kill(addr, signal.SIGKILL)
-        one.restart(addr, ready_deadline_s=40)
-        wait_until(lambda: settled(one, addr), 40, "the restarted node to settle", one.explain)
-        assert one.client([addr], timeout=20).result() == big_store.expected
+        with seeded_single_node(tmp_path, big_store, "--snapshot-every", "100") as one:
+            one.start(ready_deadline_s=40)
+            (addr,) = one.nodes
+            pid = one.nodes[addr].proc.pid
+            # The tail past the snapshot is longer than 100 entries: it snapshots once applied.
+            orphans = wait_until(lambda: child_pids(pid), 30, "the node to fork a snapshot child")
+            one.kill(addr, signal.SIGKILL)
+            one.restart(addr, ready_deadline_s=40)
+            wait_until(lambda: settled(one, addr), 40, "the restarted node to settle",
+                       one.explain)
+            assert one.client([addr], timeout=20).result() == big_store.expected
     finally:
-        one.stop_all()
-        kill_orphans(orphans)
+        kill_orphans(orphans)  # after the node is stopped: it can fork no more
 
 
 # --- data directories that must be refused ---------------------------------------------------------
@@ -467,8 +375,7 @@ def test_restart_right_after_kill_9_during_a_forked_snapshot(big_store: BigStore
 
 def run_zauction(*args: str, deadline_s: float = 30.0) -> subprocess.CompletedProcess[str]:
     """`python -m zauction ARGS` to completion (killed at the deadline if it does not end)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p), "COLUMNS": "400"}
+    env = {**repo_env(), "COLUMNS": "400"}
     return subprocess.run([sys.executable, "-m", "zauction", *args], capture_output=True,
                           text=True, timeout=deadline_s, cwd=REPO, env=env,
                           stdin=subprocess.DEVNULL)
@@ -498,16 +405,15 @@ def flip_a_byte_of_a_bid(db: Path) -> int:
 @pytest.mark.processes
 @pytest.mark.timeout(60)
 def test_foreign_and_corrupt_data_directories_are_refused(tmp_path: Path) -> None:
-    one = Cluster(tmp_path, size=1)
-    try:
+    # Leaving the block stops the node with SIGTERM: it writes its commit index and closes
+    # the store.
+    with Cluster(tmp_path, size=1) as one:
         one.start()
         one.wait_for_default_auction()
         client = one.client()
         for amount in range(10, 20):
             client.bid(amount, "alice")
         served = client.result()
-    finally:
-        one.stop_all()  # SIGTERM: the node writes its commit index and closes the store
     (addr,) = one.nodes
     data_dir = one.nodes[addr].data_dir
     report = inspect_data_dir(data_dir)
@@ -635,3 +541,25 @@ def test_inspect_refuses_a_store_of_another_format(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StorageError, match="format version 99"):
         inspect_data_dir(tmp_path)
+
+
+# --- the shared check itself (no processes) -----------------------------------------------------
+
+
+def test_assert_acked_present_catches_lost_rejected_and_invented_bids() -> None:
+    def said(bidder: str, amount: int, verdict: str) -> Outcome:
+        return Outcome(bidder, amount, 0.0, 0.0, verdict)
+
+    outcomes = [said("a", 1, "ok"), said("b", 2, "rejected"), said("a", 3, "unknown")]
+    assert_acked_present([{"bidder": "a", "amount": 1}], outcomes)  # unknown may be absent
+    assert_acked_present([{"bidder": "a", "amount": 1}, {"bidder": "a", "amount": 3}], outcomes)
+    wrong = {
+        "acknowledged bid lost": [{"bidder": "a", "amount": 3}],
+        "rejected bid in the history": [{"bidder": "a", "amount": 1},
+                                         {"bidder": "b", "amount": 2}],
+        "nobody made": [{"bidder": "a", "amount": 1}, {"bidder": "z", "amount": 9}],
+        "strictly increasing": [{"bidder": "a", "amount": 3}, {"bidder": "a", "amount": 1}],
+    }
+    for message, history in wrong.items():
+        with pytest.raises(AssertionError, match=message):
+            assert_acked_present(history, outcomes)
