@@ -130,12 +130,13 @@ class Runtime:
 
     # --- the application's API ---------------------------------------------------------
 
-    def propose(self, data: bytes, callback: Callback) -> int:
+    def propose(self, data: bytes, callback: Callback, admit_always: bool = False) -> int:
         """Replicate `data`; `callback(result, None)` runs once it is applied here.
 
         Raises NotLeader at once at a non-leader (its `leader` is a hint), and Overloaded
-        when `max_pending` proposals are already waiting to be applied."""
-        if self.saturated:
+        when `max_pending` proposals are already waiting to be applied (unless `admit_always`,
+        for the application's own rare housekeeping entries)."""
+        if self.saturated and not admit_always:
             self.stats["overloaded"] += 1
             raise Overloaded(self.max_pending)
         index = self.core.propose(data)

@@ -427,3 +427,36 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path) -> None:
     assert output.count("agrees") == 2
     assert re.search(r"failover\s+\S+\s+\d+ ms from SIGKILL", output), output
     assert list(tmp_path.iterdir()) == []  # the demo's data directory is gone too
+
+
+def test_node_passes_retention_and_backpressure_settings_to_the_node(monkeypatch, tmp_path) -> None:
+    import zauction.node
+
+    seen = []
+
+    class RecordingNode:
+        def __init__(self, opts):
+            seen.append(opts)
+
+        def run(self):
+            return None
+
+    monkeypatch.setattr(zauction.node, "AuctionNode", RecordingNode)
+    res = run("node", "--addr", "localhost:1", "--data-dir", str(tmp_path),
+              "--max-retained-bids", "7", "--max-closed-auctions", "3", "--max-pending", "9")
+    assert res.exit_code == 0, res.output
+    assert (seen[0].max_retained_bids, seen[0].max_closed_auctions, seen[0].max_pending) == (7, 3, 9)
+    assert run("node", "--addr", "localhost:1", "--max-retained-bids", "0").exit_code == 2
+
+
+def test_a_node_keeps_only_as_many_bid_records_as_configured(tmp_path) -> None:
+    from zauction.node import AuctionNode, NodeOptions
+
+    node = AuctionNode(NodeOptions(addr=f"127.0.0.1:{cluster.free_port_run(1)}", peers=(),
+                                   data_dir=tmp_path, max_retained_bids=3,
+                                   max_closed_auctions=2))
+    try:
+        state = node.state
+        assert (state._retention.max_bids, state._retention.max_closed) == (3, 2)
+    finally:
+        node.close()

@@ -177,3 +177,17 @@ def test_max_pending_must_be_a_positive_int():
         with pytest.raises(ValueError):
             Runtime(config, Core(config, random.Random(1)), MemoryStorage(),
                     RecordingTransport([]), Timing(), max_pending=bad)
+
+
+def test_housekeeping_proposals_are_admitted_even_when_saturated():
+    journal: list = []
+    config = Config("a", IDS)
+    rt = Runtime(config, Core(config, random.Random(1)), RecordingStorage(journal),
+                 RecordingTransport(journal), Timing(), max_pending=1)
+    rt.app = Recorder()
+    elect(rt, journal)
+    first = rt.propose(b"client write", lambda r, e: None)
+    assert rt.saturated
+    with pytest.raises(Overloaded):
+        rt.propose(b"another client write", lambda r, e: None)
+    assert rt.propose(b"close auction", lambda r, e: None, admit_always=True) == first + 1

@@ -33,6 +33,7 @@ from zauction.commands import (
     check_name,
 )
 from zauction.console import CliError, ExitCode, emit_json, errors, note, out
+from zauction.domain import MAX_CLOSED_AUCTIONS, MAX_RETAINED_BIDS
 
 DEFAULT_SERVERS = "localhost:8001,localhost:8002,localhost:8003"
 T = TypeVar("T")
@@ -202,6 +203,12 @@ def node(
     max_pending: Annotated[int, typer.Option(
         min=1, help="Writes in flight at the leader before it answers `busy` (backpressure).")
     ] = DEFAULT_MAX_PENDING,
+    max_retained_bids: Annotated[int, typer.Option(
+        min=1, help="Bid records kept for history and the feed, oldest evicted first (the same "
+                    "on every node; about 180 bytes of memory each).")] = MAX_RETAINED_BIDS,
+    max_closed_auctions: Annotated[int, typer.Option(
+        min=1, help="Closed auctions still known, oldest forgotten first (the same on every "
+                    "node).")] = MAX_CLOSED_AUCTIONS,
     log_format: Annotated[LogFormat, typer.Option(help="text or json lines.")] = LogFormat.text,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.INFO,
 ) -> None:
@@ -216,7 +223,8 @@ def node(
         data_dir=data_dir or Path("data") / f"{host}_{port}",
         auction_duration_ms=auction_duration,
         timing=timing_from(tick, heartbeat_interval, election_timeout),
-        durability=durability, snapshot_every=snapshot_every, max_pending=max_pending)
+        durability=durability, snapshot_every=snapshot_every, max_pending=max_pending,
+        max_retained_bids=max_retained_bids, max_closed_auctions=max_closed_auctions)
     with errors():
         AuctionNode(opts).run()
 
@@ -384,6 +392,9 @@ def cluster_up(
     auction_duration: Annotated[int, typer.Option(parser=_duration, metavar="DURATION",
                                                   help="Default auction length.")] = "100s",
     durability: Annotated[Durability, typer.Option()] = Durability.ALWAYS,
+    max_retained_bids: Annotated[int, typer.Option(
+        min=1, help="Bid records each node keeps (see `zauction node --help`).")
+    ] = MAX_RETAINED_BIDS,
     detach: Annotated[bool, typer.Option(
         "--detach", help="Return once a leader is elected, leaving the nodes running.")] = False,
 ) -> None:
@@ -391,7 +402,8 @@ def cluster_up(
     with errors(), local.sigterm_as_interrupt():
         handle = local.start_cluster(data_dir.resolve(), nodes=nodes, base_port=base_port,
                                      host=host, auction_duration_ms=auction_duration,
-                                     durability=durability.value)
+                                     durability=durability.value,
+                                     node_args=[f"--max-retained-bids={max_retained_bids}"])
         try:
             _run_cluster(handle, detach)
         except BaseException:

@@ -22,7 +22,14 @@ from brokerless.transport import FromPeer, FromRouter, FromSub, Transport
 from brokerless.types import Entry, EntryKind, Role, Snapshot
 from brokerless.wire import pack
 from zauction.commands import CloseAuction, EnsureDefault, Request, encode_request
-from zauction.domain import AuctionState, InvalidSnapshot, Reply, UnknownAuction
+from zauction.domain import (
+    MAX_CLOSED_AUCTIONS,
+    MAX_RETAINED_BIDS,
+    AuctionState,
+    InvalidSnapshot,
+    Reply,
+    UnknownAuction,
+)
 from zauction.protocol import CLUSTER_TOPIC, FEED_PREFIX
 from zauction.service import Service, now_ms
 
@@ -42,6 +49,9 @@ class NodeOptions:
     snapshot_every: int = 100_000
     cluster_id: str = ""
     max_pending: int = DEFAULT_MAX_PENDING  # writes in flight at the leader before `busy`
+    # Retention: configuration every replica must share (they decide what the state keeps).
+    max_retained_bids: int = MAX_RETAINED_BIDS
+    max_closed_auctions: int = MAX_CLOSED_AUCTIONS
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -66,7 +76,8 @@ class AuctionNode:
                         heartbeat_ticks=t.heartbeat_ticks)
         core = Core(config, random.Random(), persisted.hard_state, persisted.snapshot,
                      persisted.entries)
-        self.state = AuctionState()
+        self.state = AuctionState(max_retained_bids=opts.max_retained_bids,
+                                  max_closed_auctions=opts.max_closed_auctions)
         if persisted.snapshot is not None:
             self._restore_stored(persisted.snapshot)
         peers = {p: p for p in opts.peers}
@@ -186,10 +197,13 @@ class AuctionNode:
         data = encode_request(Request("", 0, now_ms(), cmd))
 
         def done(_, error) -> None:
-            if error is not None and isinstance(cmd, CloseAuction):
+            # Applied (the auction is no longer due) or failed (it is due again and will be
+            # proposed anew): either way it is no longer being closed.
+            if isinstance(cmd, CloseAuction):
                 self._closing.discard(cmd.auction)
 
-        self.runtime.propose(data, done)
+        # The leader's own duties are few and must not wait behind clients: no admission limit.
+        self.runtime.propose(data, done, admit_always=True)
 
     # --- status ----------------------------------------------------------------------------------
 
