@@ -191,3 +191,15 @@ def test_housekeeping_proposals_are_admitted_even_when_saturated():
     with pytest.raises(Overloaded):
         rt.propose(b"another client write", lambda r, e: None)
     assert rt.propose(b"close auction", lambda r, e: None, admit_always=True) == first + 1
+
+
+def test_a_committed_entry_carries_the_very_payload_object_the_leader_proposed():
+    # zauction's leader relies on it to skip decoding its own proposals at apply.
+    rt, journal = make("a")
+    elect(rt, journal)
+    payload = b"bid" * 10
+    index = rt.propose(payload, lambda r, e: None)
+    rt.process_ready()
+    rt.core.step(AppendResponse(rt.core.term, "b", "a", True, index))
+    rt.process_ready()
+    assert rt.app.applied[-1].index == index and rt.app.applied[-1].data is payload

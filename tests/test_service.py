@@ -235,3 +235,33 @@ def test_request_frames_respect_the_count_and_byte_limits():
     assert all(len(f) <= MAX_REQUEST_BYTES for f in frames)
     assert [r.rid for f in frames for r in decode_requests(f)] == list(range(7))
     assert list(request_frames([])) == []
+
+
+def test_the_leader_gets_back_its_decoded_request_only_for_the_very_payload_it_proposed():
+    service, runtime = make()
+    bid(service, rid=80, seq=1, amount=5, replies=[])
+    data, _ = runtime.log[-1]
+    index = len(runtime.log)
+    assert service.take_proposed(index, bytes(bytearray(data))) is None  # equal, not the same
+    bid(service, rid=82, seq=2, amount=9, replies=[])
+    data, _ = runtime.log[-1]
+    request = service.take_proposed(len(runtime.log), data)
+    assert (request.client_id, request.seq, request.cmd.amount) == ("c1", 2, 9)
+    assert service.take_proposed(len(runtime.log), data) is None  # taken once
+    runtime.apply_all()
+    assert service._proposed == {}  # applied or lost: nothing is left behind
+
+
+def test_a_stream_reply_made_after_an_earlier_flush_is_still_sent():
+    # A write is answered iterations after it arrived; other replies flushed meanwhile must
+    # not strand it in a box that was already sent.
+    service, runtime, transport = with_transport()
+    service.on_router(FromRouter(b"slow", b"C", pack(bid_body(1, 1, 10, stream=True))))
+    service.on_router(FromRouter(b"fast", b"C", pack({"op": "status", "rid": 2,
+                                                      "stream": True})))
+    service.flush_replies()  # the status reply leaves; the bid is not applied yet
+    assert [ident for ident, _ in transport.sent] == [b"fast"]
+    runtime.apply_all()
+    service.flush_replies()
+    assert [ident for ident, _ in transport.sent] == [b"fast", b"slow"]
+    assert decode_replies(transport.sent[-1][1])[0]["rid"] == 1

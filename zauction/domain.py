@@ -28,6 +28,7 @@ from zauction.commands import (
     InvalidCommand,
     OpenAuction,
     Reason,
+    Request,
     ZauctionError,
     check_amount,
     check_int,
@@ -170,12 +171,17 @@ _EVENT_TYPES: dict[str, type] = {
     "auction_closed": AuctionClosed,
 }
 _NULLABLE_EVENT_FIELDS = frozenset({"winner", "amount"})
+# Each event type's fields after index and term, in declaration order (the dict's key order).
+_EVENT_PAYLOAD_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls) if f.name not in ("index", "term"))
+    for cls in _EVENT_TYPES.values()
+}
 
 
 def _event_dict(event: Event, kind: str) -> dict[str, Any]:
     out: dict[str, Any] = {"index": event.index, "term": event.term, "type": kind}
-    for f in fields(event):
-        out.setdefault(f.name, getattr(event, f.name))
+    for name in _EVENT_PAYLOAD_FIELDS[type(event)]:  # fields() per call cost more than a bid
+        out[name] = getattr(event, name)
     return out
 
 
@@ -468,13 +474,27 @@ class AuctionState:
         and gets the stored reply again; an older seq gets "stale_request".
         Raises ApplyOrderError if `index` does not increase: that is the caller's bug.
         """
-        if type(index) is not int or index <= self._applied_index:
-            raise ApplyOrderError(f"index {index!r} is not after {self._applied_index}")
-        self._applied_index = index
+        self._advance(index)
         try:
             client, seq, ts_ms, cmd = decode_request_fields(payload)
         except InvalidCommand as exc:
             return Reply(ok=False, reason=exc.reason, detail=str(exc))
+        return self._apply_fields(index, term, client, seq, ts_ms, cmd)
+
+    def apply_request(self, index: int, term: int, request: Request) -> Reply:
+        """apply() for an entry whose payload is `encode_request(request)`, already decoded
+        and validated (the leader built it): skips decoding its own bytes again."""
+        self._advance(index)
+        return self._apply_fields(index, term, request.client_id, request.seq, request.ts_ms,
+                                  request.cmd)
+
+    def _advance(self, index: int) -> None:
+        if type(index) is not int or index <= self._applied_index:
+            raise ApplyOrderError(f"index {index!r} is not after {self._applied_index}")
+        self._applied_index = index
+
+    def _apply_fields(self, index: int, term: int, client: str, seq: int, ts_ms: int,
+                      cmd: Any) -> Reply:
         if not client:  # internal command from the leader: nothing to de-duplicate
             return self._handlers[type(cmd)](index, term, ts_ms, cmd)
         session = self._sessions.get(client)

@@ -5,6 +5,7 @@ auctions at their deadline by committing a close entry).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -111,7 +112,11 @@ class AuctionNode:
             self._publish(CLUSTER_TOPIC, {"type": "leader_changed", "index": entry.index,
                                           "term": entry.term, "auction": None})
             return None
-        reply = self.state.apply(entry.index, entry.term, entry.data)
+        request = self.service.take_proposed(entry.index, entry.data)
+        if request is not None:
+            reply = self.state.apply_request(entry.index, entry.term, request)
+        else:
+            reply = self.state.apply(entry.index, entry.term, entry.data)
         for event in self.state.drain_events():
             self._publish_event(event.to_dict())
         return reply
@@ -220,8 +225,10 @@ class AuctionNode:
             "rejected_peer_messages": self.runtime.rejected_peer_messages,
             "bad_requests": self.service.bad_requests,
             "busy_replies": self.service.busy_replies,
+            "client_requests": self.service.client_requests,
             "pending_writes": self.service.pending_writes,
             "loop": dict(self.runtime.stats),
+            "transport": dataclasses.asdict(self.transport.stats),
         }
 
     # --- running ----------------------------------------------------------------------------------

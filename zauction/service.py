@@ -64,9 +64,11 @@ class Service:
         self._fids = count(1)
         self.bad_requests = 0
         self.busy_replies = 0
+        self.client_requests = 0
         # (client, seq) of each write proposed here and not yet applied -> who awaits it
         self._pending_writes: dict[tuple[str, int], list[tuple[int, Respond]]] = {}
         self._reply_box: dict[bytes, list[bytes]] = {}  # client identity -> replies to send
+        self._proposed: dict[int, tuple[bytes, Request]] = {}  # log index -> what we proposed
 
     @property
     def pending_writes(self) -> int:
@@ -133,6 +135,7 @@ class Service:
             self._reply_now(ident, error_reply(rid_of(payload), ErrorCode.BAD_REQUEST, str(exc)))
             return
         single = payload if len(items) == 1 else None
+        self.client_requests += len(items)
         for item in items:
             if isinstance(item, ProtocolError):
                 self.bad_requests += 1
@@ -160,10 +163,11 @@ class Service:
     def _replier(self, ident: bytes, req: ClientRequest) -> Respond:
         if req.body.get("stream") is not True:
             return lambda data: self._reply_now(ident, data)
-        box = self._reply_box
         # The client reads reply frames as msgpack streams: its replies wait for the end of
-        # this loop iteration and leave together, one frame (one send) for many replies.
-        return lambda data: box.setdefault(ident, []).append(data)
+        # the loop iteration in which they are made and leave together, one frame (one send)
+        # for many. The box is looked up at reply time: a write answers iterations later,
+        # after flush_replies() has swapped in a new box.
+        return lambda data: self._reply_box.setdefault(ident, []).append(data)
 
     def _reply_now(self, ident: bytes, data: bytes) -> None:
         self.runtime.transport.reply(ident, CLIENT_KIND, data)
@@ -246,14 +250,16 @@ class Service:
     def _propose(self, request: Request, rid: int, respond: Respond) -> None:
         key = (request.client_id, request.seq)
         waiters = [(rid, respond)]
+        data = encode_request(request)
 
         def done(result: Any, error: BaseException | None) -> None:
             self._pending_writes.pop(key, None)
+            self._proposed.pop(index, None)  # applied (then already gone) or lost
             for waiter_rid, reply_to in waiters:
                 reply_to(self._write_reply(waiter_rid, result, error))
 
         try:
-            self.runtime.propose(encode_request(request), done)
+            index = self.runtime.propose(data, done)
         except NotLeader as exc:
             respond(error_reply(rid, ErrorCode.NOT_LEADER, str(exc), leader=exc.leader))
             return
@@ -261,6 +267,16 @@ class Service:
             self._busy(rid, respond, exc)
             return
         self._pending_writes[key] = waiters
+        self._proposed[index] = (data, request)
+
+    def take_proposed(self, index: int, data: bytes) -> Request | None:
+        """The decoded request proposed here at `index`, if the committed entry there is still
+        the very payload proposed (a later leader may have replaced it): spares the leader
+        decoding its own bytes again at apply."""
+        proposed = self._proposed.pop(index, None)
+        if proposed is None or proposed[0] is not data:
+            return None
+        return proposed[1]
 
     def _busy(self, rid: int, respond: Respond, exc: Overloaded) -> None:
         self.busy_replies += 1
