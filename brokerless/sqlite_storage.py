@@ -58,6 +58,10 @@ _KINDS = frozenset(kind.value for kind in EntryKind)
 _INSERT_ENTRY = "INSERT INTO log (idx, term, kind, data, crc) VALUES (?, ?, ?, ?, ?)"
 _DELETE_FROM = "DELETE FROM log WHERE idx >= ?"
 _DELETE_THROUGH = "DELETE FROM log WHERE idx <= ?"
+# Rows at or below the snapshot index are deleted this many per write, not all at once:
+# deleting 100,000 rows in one transaction stalled the node loop for ~100 ms (heartbeats late,
+# followers elected a new leader under load). Leftover rows are ignored on load.
+TRIM_ROWS_PER_WRITE = 2_000
 _PUT_SNAPSHOT = "INSERT OR REPLACE INTO snapshot (id, idx, term, data, crc) VALUES (0, ?, ?, ?, ?)"
 _PUT_HARD_STATE = "UPDATE hard_state SET term = ?, vote = ?, commit_index = ?, crc = ? WHERE id = 0"
 
@@ -120,6 +124,7 @@ class SqliteStorage:
                 _create_if_empty(self._conn)
                 _check_format(self._conn, self.path)
                 self._summary = _read_summary(self._conn, self.path)
+                self._trim_low = _lowest_index(self._conn)  # rows below are already gone
         except BaseException:
             self.close()
             raise
@@ -221,6 +226,23 @@ class SqliteStorage:
             raise StorageError(f"{self.path}: an earlier write failed; close and reopen")
         return self._conn
 
+    def _trim_step(self, conn: sqlite3.Connection, trim_through: int) -> None:
+        """Delete the next TRIM_ROWS_PER_WRITE rows at or below the snapshot index, if any."""
+        if self._trim_low > trim_through:
+            return
+        upto = min(trim_through, self._trim_low + TRIM_ROWS_PER_WRITE - 1)
+        conn.execute(_DELETE_THROUGH, (upto,))
+        self._trim_low = upto + 1
+
+    @property
+    def leftover_rows(self) -> int:
+        """Log rows at or below the snapshot index not deleted yet (ignored on load)."""
+        snapshot_index = self._summary.snapshot.index
+        with _sqlite_errors(self.path):
+            row = self._open_conn().execute(
+                "SELECT count(*) FROM log WHERE idx <= ?", (snapshot_index,)).fetchone()
+        return row[0]
+
     def _term_at(self, index: int) -> int | None:
         summary = self._summary
         if index == summary.snapshot.index:
@@ -239,8 +261,7 @@ class SqliteStorage:
         with self._transaction() as conn:
             if plan.truncate_from is not None:
                 conn.execute(_DELETE_FROM, (plan.truncate_from,))
-            if plan.drop_through:
-                conn.execute(_DELETE_THROUGH, (plan.drop_through,))
+            self._trim_step(conn, plan.after.snapshot.index)
             if plan.snapshot is not None:
                 conn.execute(_PUT_SNAPSHOT, _snapshot_row(plan.snapshot))
             if rows:
@@ -421,9 +442,15 @@ def _read_summary(conn: sqlite3.Connection, file: Path) -> LogSummary:
     hard_state = _read_hard_state(conn, file)
     row = conn.execute("SELECT idx, term FROM snapshot WHERE id = 0").fetchone()
     snap = SnapshotMeta(*row) if row else SnapshotMeta()
-    last = conn.execute("SELECT idx, term FROM log ORDER BY idx DESC LIMIT 1").fetchone()
+    last = conn.execute("SELECT idx, term FROM log WHERE idx > ? ORDER BY idx DESC LIMIT 1",
+                        (snap.index,)).fetchone()
     last_index, last_term = last if last else (snap.index, snap.term)
     return LogSummary(hard_state, snap, last_index, last_term)
+
+
+def _lowest_index(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT min(idx) FROM log").fetchone()
+    return row[0] if row and row[0] is not None else 1
 
 
 def read_verified(conn: sqlite3.Connection, file: Path) -> PersistedState:
@@ -466,11 +493,12 @@ def _read_snapshot(conn: sqlite3.Connection, file: Path) -> Snapshot | None:
 
 
 def _read_entries(conn: sqlite3.Connection, file: Path, first: int) -> list[Entry]:
-    """Every log row, verified, which must start at `first` and leave no gap."""
+    """Every log row from `first` on, verified: it must start at `first` and leave no gap.
+    Rows below `first` are what a compaction has not deleted yet: covered by the snapshot."""
     entries: list[Entry] = []
     expected = first
     for index, term, kind, data, crc in conn.execute(
-        "SELECT idx, term, kind, data, crc FROM log ORDER BY idx"
+        "SELECT idx, term, kind, data, crc FROM log WHERE idx >= ? ORDER BY idx", (first,)
     ):
         if index != expected:
             problem = f"log is not contiguous: expected index {expected}, found {index}"
@@ -491,8 +519,9 @@ def _describe(conn: sqlite3.Connection, file: Path) -> dict[str, Any]:
     term, vote, commit = conn.execute(
         "SELECT term, vote, commit_index FROM hard_state WHERE id = 0"
     ).fetchone()
-    first, last, count = conn.execute("SELECT min(idx), max(idx), count(*) FROM log").fetchone()
     snap = conn.execute("SELECT idx, term, length(data) FROM snapshot WHERE id = 0").fetchone()
+    first, last, count = conn.execute("SELECT min(idx), max(idx), count(*) FROM log WHERE idx > ?",
+                                      (snap[0] if snap else 0,)).fetchone()
     snapshot = None if snap is None else {"index": snap[0], "term": snap[1], "size": snap[2]}
     return {
         "path": str(file),

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from brokerless.sqlite_storage import (
     DB_FILENAME,
+    TRIM_ROWS_PER_WRITE,
     SqliteStorage,
     db_file,
     describe_store,
@@ -703,3 +704,36 @@ def test_entry_crc_covers_every_field() -> None:
     variants = [entry_crc(8, 3, 0, b"payload"), entry_crc(7, 4, 0, b"payload")]
     variants += [entry_crc(7, 3, 1, b"payload"), entry_crc(7, 3, 0, b"payloae")]
     assert reference not in variants
+
+
+# --- compaction leaves the old rows to later writes --------------------------------------------
+
+
+def log_rows(path: Path) -> int:
+    conn = sqlite3.connect(db_file(path))
+    try:
+        return conn.execute("SELECT count(*) FROM log").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_compaction_deletes_the_old_log_a_chunk_per_write_and_load_ignores_the_rest(
+        tmp_path: Path) -> None:
+    chunk = TRIM_ROWS_PER_WRITE
+    total = 3 * chunk + 500
+    store = SqliteStorage(tmp_path)
+    store.save(HardState(1, "a", total), make_entries(1, total))
+    store.compact(Snapshot(SnapshotMeta(total - 10, 1), b"snap"))
+    # One transaction deleted at most one chunk: the node loop is not stalled by the rest.
+    assert store.leftover_rows == total - 10 - chunk
+    state = store.load()
+    assert state.snapshot.meta.index == total - 10 and indexes(state) == list(range(total - 9, total + 1))
+    store.close()
+    reopened = SqliteStorage(tmp_path)  # leftovers survive a restart, and are still ignored
+    assert indexes(reopened.load()) == list(range(total - 9, total + 1))
+    for n in range(1, 4):
+        reopened.save(None, make_entries(total + n, total + n))
+    assert reopened.leftover_rows == 0
+    assert log_rows(tmp_path) == 13  # the 10 after the snapshot and the 3 new ones
+    assert indexes(reopened.load()) == list(range(total - 9, total + 4))
+    reopened.close()
