@@ -59,6 +59,14 @@ class Application(StateMachine, Protocol):
     def on_applied(self) -> None:
         """Once per Ready, after its committed entries were applied (batch side effects here)."""
 
+    def before_ready(self) -> None:
+        """Once per loop iteration, after the messages and before the Ready: do a bounded
+        share of queued work (propose what should go into this Ready)."""
+
+    @property
+    def has_backlog(self) -> bool:
+        """True while before_ready() has queued work left: the loop then does not wait."""
+
     def on_iteration_end(self) -> None:
         """At the end of every loop iteration: flush what was gathered during it."""
 
@@ -124,7 +132,9 @@ class Runtime:
         self._leader_since = time.monotonic()
         self.stats = dict.fromkeys(
             ("readies", "messages_sent", "entries_saved", "entries_applied", "saves",
-             "overloaded"), 0)
+             "overloaded", "slow_iterations", "max_iteration_ms"), 0)
+        self._last_slow_log = -1.0
+        self._last_save_ms = 0.0
         self._last_reject_log = -1.0
         transport.subscribe(HEARTBEAT_TOPIC)
 
@@ -171,7 +181,11 @@ class Runtime:
         next_tick = time.monotonic() + tick_s
         while self.running and not should_stop():
             wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-            for event in self.transport.poll(wait_ms):
+            if self.app is not None and self.app.has_backlog:
+                wait_ms = 0  # work is queued: only pick up what already arrived
+            events = self.transport.poll(wait_ms)
+            started = time.monotonic()
+            for event in events:
                 self._dispatch(event)
             now = time.monotonic()
             if now >= next_tick:
@@ -179,9 +193,27 @@ class Runtime:
                 # slowness for a silent leader.
                 self._tick()
                 next_tick = max(next_tick + tick_s, now)
+            saved = self.stats["entries_saved"]
+            if self.app is not None:
+                self.app.before_ready()
             self.process_ready()
             if self.app is not None:
                 self.app.on_iteration_end()
+            self._note_iteration(started, len(events), self.stats["entries_saved"] - saved)
+
+    def _note_iteration(self, started: float, events: int, entries: int) -> None:
+        """Count and report iterations long enough to delay heartbeats towards an election."""
+        took_ms = (time.monotonic() - started) * 1000
+        self.stats["max_iteration_ms"] = max(self.stats["max_iteration_ms"], round(took_ms))
+        if took_ms < self.timing.election_ticks * self.timing.tick_ms / 2:
+            return
+        self.stats["slow_iterations"] += 1
+        now = time.monotonic()
+        if now - self._last_slow_log >= 1.0:  # at most once a second
+            self._last_slow_log = now
+            log.warning("slow loop iteration: %.0f ms for %d messages and %d entries saved "
+                        "(the save took %.0f ms; %d slow so far)", took_ms, events, entries,
+                        self._last_save_ms if entries else 0.0, self.stats["slow_iterations"])
 
     def stop(self) -> None:
         self.running = False
@@ -285,7 +317,9 @@ class Runtime:
             hs = self._deferred_hard_state
         if hs is None and not rd.entries and rd.snapshot is None:
             return
+        started = time.monotonic()
         self.storage.save(hs, rd.entries, rd.snapshot)
+        self._last_save_ms = (time.monotonic() - started) * 1000
         self.stats["saves"] += 1
         self._deferred_hard_state = None
         if hs is not None:

@@ -9,8 +9,9 @@ from brokerless.runtime import Overloaded, ProposalLost
 from brokerless.transport import FromRouter
 from brokerless.types import Role
 from brokerless.wire import pack, unpack
+from zauction.commands import decode_request_fields
 from zauction.domain import AuctionState
-from zauction.protocol import decode_replies, decode_requests
+from zauction.protocol import decode_replies, decode_requests, request_frames
 from zauction.service import BUSY_RETRY_AFTER_MS, Service
 
 
@@ -177,6 +178,12 @@ class FakeTransport:
         return True
 
 
+def receive(service: Service, ident: bytes, frame: bytes) -> None:
+    """A client frame arrives, and the loop serves the requests it queued (one iteration)."""
+    service.on_router(FromRouter(ident, b"C", frame))
+    service.serve_backlog()
+
+
 def with_transport(max_pending: int = 100) -> tuple[Service, ScriptedRuntime, FakeTransport]:
     service, runtime = make(max_pending)
     runtime.transport = FakeTransport()
@@ -192,7 +199,7 @@ def test_several_requests_in_one_frame_are_each_served_and_stream_replies_share_
     service, runtime, transport = with_transport()
     frame = b"".join(pack(b) for b in (bid_body(1, 1, 10, stream=True), bid_body(2, 1, 20),
                                        bid_body(3, 1, 30, stream=True)))
-    service.on_router(FromRouter(b"cli", b"C", frame))
+    receive(service, b"cli", frame)
     assert len(runtime.log) == 4  # the open and three bids
     runtime.apply_all()
     assert [unpack(p)["rid"] for _, p in transport.sent] == [2]  # not a stream client: at once
@@ -209,7 +216,7 @@ def test_a_bad_request_inside_a_frame_is_answered_alone_and_the_others_are_serve
     service, runtime, transport = with_transport()
     frame = b"".join(pack(b) for b in (bid_body(1, 1, 10), [1, 2], {"rid": 7, "op": 5},
                                        bid_body(2, 1, 20)))
-    service.on_router(FromRouter(b"cli", b"C", frame))
+    receive(service, b"cli", frame)
     runtime.apply_all()
     answers = {(r["rid"], r.get("error")) for r in (unpack(p) for _, p in transport.sent)}
     assert answers == {(0, "bad_request"), (7, "bad_request"), (1, None), (2, None)}
@@ -219,7 +226,7 @@ def test_a_bad_request_inside_a_frame_is_answered_alone_and_the_others_are_serve
 def test_a_truncated_frame_is_refused_whole_and_logs_nothing():
     service, runtime, transport = with_transport()
     frame = pack(bid_body(1, 1, 10)) + pack(bid_body(2, 1, 20))[:-3]
-    service.on_router(FromRouter(b"cli", b"C", frame))
+    receive(service, b"cli", frame)
     assert len(runtime.log) == 1
     assert [unpack(p)["error"] for _, p in transport.sent] == ["bad_request"]
 
@@ -256,12 +263,41 @@ def test_a_stream_reply_made_after_an_earlier_flush_is_still_sent():
     # A write is answered iterations after it arrived; other replies flushed meanwhile must
     # not strand it in a box that was already sent.
     service, runtime, transport = with_transport()
-    service.on_router(FromRouter(b"slow", b"C", pack(bid_body(1, 1, 10, stream=True))))
-    service.on_router(FromRouter(b"fast", b"C", pack({"op": "status", "rid": 2,
-                                                      "stream": True})))
+    receive(service, b"slow", pack(bid_body(1, 1, 10, stream=True)))
+    receive(service, b"fast", pack({"op": "status", "rid": 2, "stream": True}))
     service.flush_replies()  # the status reply leaves; the bid is not applied yet
     assert [ident for ident, _ in transport.sent] == [b"fast"]
     runtime.apply_all()
     service.flush_replies()
     assert [ident for ident, _ in transport.sent] == [b"fast", b"slow"]
     assert decode_replies(transport.sent[-1][1])[0]["rid"] == 1
+
+
+def test_one_iteration_serves_a_bounded_share_of_a_flood_and_the_rest_in_order_after():
+    from zauction.service import REQUESTS_PER_ITERATION
+
+    service, runtime, transport = with_transport(max_pending=10_000)
+    count = REQUESTS_PER_ITERATION + 100
+    frames = request_frames([pack(bid_body(n, 1, n)) for n in range(1, count + 1)])
+    for frame in frames:
+        service.on_router(FromRouter(b"cli", b"C", frame))
+    assert len(runtime.log) == 1 and service.has_backlog  # read, not served yet
+    service.serve_backlog()
+    assert len(runtime.log) == 1 + REQUESTS_PER_ITERATION and service.has_backlog
+    service.serve_backlog()
+    assert len(runtime.log) == 1 + count and not service.has_backlog
+    amounts = [decode_request_fields(data)[3].amount for data, _ in runtime.log[1:]]
+    assert amounts == list(range(1, count + 1))  # first come, first served
+
+
+def test_writes_beyond_the_backlog_limit_are_answered_busy_at_once(monkeypatch):
+    import zauction.service
+
+    monkeypatch.setattr(zauction.service, "MAX_BACKLOG", 3)
+    service, runtime, transport = with_transport()
+    frame = b"".join(pack(bid_body(n, 1, n)) for n in range(1, 6))
+    service.on_router(FromRouter(b"cli", b"C", frame))
+    assert [(unpack(p)["rid"], unpack(p)["error"]) for _, p in transport.sent] == [
+        (4, "busy"), (5, "busy")]
+    service.serve_backlog()
+    assert len(runtime.log) == 1 + 3

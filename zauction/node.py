@@ -171,6 +171,13 @@ class AuctionNode:
         # batch's events (a send per event cost more CPU than the rest of a bid).
         self._outbox.setdefault(topic, []).append(event)
 
+    def before_ready(self) -> None:
+        self.service.serve_backlog()
+
+    @property
+    def has_backlog(self) -> bool:
+        return self.service.has_backlog
+
     def on_iteration_end(self) -> None:
         self.service.flush_replies()
 
