@@ -39,7 +39,11 @@ HELLO = b"HELLO"
 HELLO_ACK = b"HELLO_ACK"
 MAX_KIND_BYTES = 16
 MAX_ROUTING_ID_BYTES = 255  # a ZeroMQ limit; our node id is our routing id
-DEFAULT_MAX_BATCH = 4096
+DEFAULT_MAX_BATCH = 1024
+# Bytes read from one socket per poll() (beyond one message). A flood of large client frames
+# (each may carry a thousand requests) must not turn one loop iteration into hundreds of ms of
+# work: what is not read waits in ZeroMQ and the kernel, and TCP pushes back on the sender.
+MAX_BYTES_PER_POLL = 256 * 1024
 HELLO_INTERVAL_S = 0.2
 # Unanswered HELLOs back off to this interval: a DEALER queues them while its peer is down, and
 # a long outage must not fill the queue (the peer's own HELLO rediscovers it at once anyway).
@@ -544,13 +548,18 @@ class Transport:
         # Each ready socket gets a share of the batch, so a flood on one (say, clients on the
         # ROUTER) cannot starve the others within a call.
         share = max(1, self._max_batch // len(ready))
+        byte_share = max(1, MAX_BYTES_PER_POLL // len(ready))
         for sock in ready:
             handler = self._handlers[sock]
+            read = 0
             for _ in range(share):
                 frames = _recv_frames(sock, max_frames=3)
                 if frames is None:
                     break
                 handler(frames, incoming)
+                read += sum(map(len, frames))
+                if read >= byte_share:
+                    break
         return incoming
 
     def _on_router(self, frames: list[bytes], incoming: list[Incoming]) -> None:

@@ -301,3 +301,34 @@ def test_writes_beyond_the_backlog_limit_are_answered_busy_at_once(monkeypatch):
         (4, "busy"), (5, "busy")]
     service.serve_backlog()
     assert len(runtime.log) == 1 + 3
+
+
+def test_writes_that_waited_too_long_are_answered_busy_and_reads_are_still_served():
+    from zauction.service import MAX_QUEUE_WAIT_S
+
+    service, runtime, transport = with_transport()
+    now = [100.0]
+    service.clock = lambda: now[0]
+    frame = pack(bid_body(1, 1, 5)) + pack({"op": "result", "rid": 2, "auction": "x",
+                                            "stale": True})
+    service.on_router(FromRouter(b"cli", b"C", frame))
+    now[0] += MAX_QUEUE_WAIT_S + 0.01  # the loop was too busy to get to them in time
+    service.on_router(FromRouter(b"cli", b"C", pack(bid_body(3, 1, 7))))
+    service.serve_backlog()
+    answers = [(r["rid"], r.get("error")) for r in (unpack(p) for _, p in transport.sent)]
+    assert answers == [(1, "busy"), (2, None)]  # the fresh bid 3 is proposed, not refused
+    assert len(runtime.log) == 2 and service.busy_replies == 1
+
+
+def test_a_forwarded_request_waits_in_the_same_backlog_and_is_answered_to_its_node():
+    from zauction.protocol import FORWARD_KIND
+
+    service, runtime, transport = with_transport()
+    inner = pack(bid_body(1, 1, 5))
+    service.on_router(FromRouter(b"follower", FORWARD_KIND, pack({"fid": 9, "req": inner})))
+    assert len(runtime.log) == 1 and service.has_backlog  # queued, not served at once
+    service.serve_backlog()
+    runtime.apply_all()
+    (ident, payload), = transport.sent
+    body = unpack(payload)
+    assert ident == b"follower" and body["fid"] == 9 and unpack(body["reply"])["ok"]

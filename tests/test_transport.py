@@ -244,6 +244,33 @@ def test_max_batch_bounds_one_poll(cluster: Cluster) -> None:
     assert len(a.poll(0)) == 0
 
 
+def test_one_poll_reads_a_bounded_number_of_bytes_and_the_rest_later(cluster: Cluster) -> None:
+    from brokerless.transport import MAX_BYTES_PER_POLL
+
+    class Frame:
+        def __init__(self, data: bytes, more: bool):
+            self.bytes, self.more = data, more
+
+    class QueuedSocket:  # a ROUTER with messages already waiting: deterministic
+        def __init__(self, messages: list[list[bytes]]):
+            self.frames = [Frame(f, i < len(m) - 1) for m in messages for i, f in enumerate(m)]
+
+        def recv(self, flags: int = 0, copy: bool = True) -> Frame:
+            if not self.frames:
+                raise zmq.Again()
+            return self.frames.pop(0)
+
+    (a,) = cluster.mesh(1)
+    size = MAX_BYTES_PER_POLL // 4
+    sock = QueuedSocket([[b"client", b"C", bytes([i]) * size] for i in range(12)])
+    a._handlers[sock] = a._on_router
+    batches = []
+    while batch := a._drain([sock]):
+        batches.append([m.payload[0] for m in batch])
+    assert [len(b) for b in batches] == [4, 4, 4]  # the byte budget, not the 1,024 messages
+    assert sum(batches, []) == list(range(12))  # nothing lost, in order
+
+
 # --- hostile input -----------------------------------------------------------------------
 
 
