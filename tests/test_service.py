@@ -332,3 +332,19 @@ def test_a_forwarded_request_waits_in_the_same_backlog_and_is_answered_to_its_no
     (ident, payload), = transport.sent
     body = unpack(payload)
     assert ident == b"follower" and body["fid"] == 9 and unpack(body["reply"])["ok"]
+
+
+def test_a_follower_forwards_a_bounded_number_and_points_the_rest_to_the_leader(monkeypatch):
+    import zauction.service
+
+    monkeypatch.setattr(zauction.service, "MAX_FORWARDS_IN_FLIGHT", 2)
+    service, runtime, transport = with_transport()
+    runtime.role, runtime.leader = Role.FOLLOWER, "b:1"
+    forwarded = []
+    transport.send = lambda dst, kind, payload: forwarded.append((dst, kind)) or True
+    frame = b"".join(pack(bid_body(n, 1, n)) for n in range(1, 4))
+    receive(service, b"cli", frame)
+    assert forwarded == [("b:1", b"F"), ("b:1", b"F")]
+    (_, payload), = transport.sent
+    assert unpack(payload)["rid"] == 3 and unpack(payload)["error"] == "not_leader"
+    assert unpack(payload)["leader"] == "b:1"

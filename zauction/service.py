@@ -47,6 +47,7 @@ log = logging.getLogger("zauction.service")
 
 Respond = Callable[[bytes], None]
 FORWARD_TIMEOUT_S = 3.0
+MAX_FORWARDS_IN_FLIGHT = 512  # beyond this a follower answers not_leader (with the leader)
 MAX_REPLIES_PER_FRAME = 512  # keeps a gathered reply frame well under clients' limits
 # Client requests served per loop iteration. Measured: a Ready of 1,024 bids kept the leader's
 # loop busy 80-155 ms, close to the 150 ms election timeout; 256 keep it well under.
@@ -237,6 +238,12 @@ class Service:
             # A forwarded request is never forwarded again: no loops between stale views.
             code = ErrorCode.NOT_LEADER if leader else ErrorCode.UNAVAILABLE
             respond(error_reply(req.rid, code, "no leader known here", leader=leader))
+            return
+        if len(self._forwards) >= MAX_FORWARDS_IN_FLIGHT:
+            # Forwarding costs a message each way per request: a client sending this much
+            # should talk to the leader itself (it retries there with the same seq).
+            respond(error_reply(req.rid, ErrorCode.NOT_LEADER, "too many requests forwarded "
+                                "already: send to the leader", leader=leader))
             return
         # A request that shared its frame with others is forwarded on its own.
         self._forward(leader, payload if payload is not None else pack(req.body), respond, req.rid)
