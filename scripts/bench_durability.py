@@ -81,8 +81,9 @@ class LocalCluster:
     """N nodes on free ports under `root`; every process is ended by PID in `stop()`."""
 
     def __init__(self, root: Path, size: int, durability: str, snapshot_every: int,
-                 wrapper: list[str] | None = None):
+                 wrapper: list[str] | None = None, node_args: list[str] | None = None):
         self.root, self.durability, self.snapshot_every = root, durability, snapshot_every
+        self.node_args = node_args or []  # extra `zauction node` options (retention caps)
         # scripts/probed_node.py arguments (smaller retention caps, a memory probe), if any
         self.wrapper = wrapper or []
         addrs = [f"127.0.0.1:{port}" for port in free_ports(size)]
@@ -102,7 +103,7 @@ class LocalCluster:
             cmd = [sys.executable, *launcher, "node", "--addr", node.addr,
                    "--peers", peers, "--data-dir", str(node.data_dir),
                    "--durability", self.durability, "--snapshot-every", str(self.snapshot_every),
-                   "--auction-duration", "1h", "--log-level", "INFO"]
+                   "--auction-duration", "1h", "--log-level", "INFO", *self.node_args]
             with open(node.log_path, "ab") as log:
                 node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, cwd=REPO)
@@ -439,8 +440,9 @@ class Milestone:
 
 
 def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Milestone]:
+    caps = ["--max-retained-bids", str(args.max_retained_bids)] if args.max_retained_bids else []
     cluster = LocalCluster(root / "main", args.nodes, args.durability, args.snapshot_every,
-                           node_wrapper(args))
+                           node_wrapper(args), caps)
     rows: list[Milestone] = []
     pipe: Pipeline | None = None
     memory = PeakMemory(cluster)
@@ -475,8 +477,6 @@ def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Mil
 def node_wrapper(args: argparse.Namespace) -> list[str]:
     """scripts/probed_node.py's arguments, or none when the nodes run as they ship."""
     wrapper = []
-    if args.max_retained_bids:
-        wrapper += ["--max-retained-bids", str(args.max_retained_bids)]
     if args.mem_every:
         wrapper += ["--mem-report", "{mem}", "--mem-every", str(args.mem_every)]
         wrapper += ["--trace"] if args.trace else []
@@ -580,8 +580,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="also print the live nodes' RSS every N committed bids (0: only at "
                              "milestones, where the nodes are then restarted)")
     parser.add_argument("--max-retained-bids", type=int, default=0,
-                        help="retention cap of the nodes (0: the default, 2,000,000); runs them "
-                             "through scripts/probed_node.py")
+                        help="retention cap of the nodes (0: the default, 2,000,000)")
     parser.add_argument("--mem-every", type=float, default=0,
                         help="seconds between memory probes written to <node log>.mem (0: none)")
     parser.add_argument("--trace", action="store_true",

@@ -1,20 +1,18 @@
-"""`zauction node` with smaller retention caps and an optional memory probe, for benchmarks.
+"""`zauction node` with a memory probe, for benchmarks.
 
-The node has no option for the retention caps (they are configuration every replica must
-share), so this wrapper swaps zauction.node's AuctionState for one built with the caps given
-here, then runs the ordinary command line. With `--mem-report FILE`, a thread appends every
+This wrapper runs the ordinary command line (retention caps are the node's own options,
+`--max-retained-bids` and `--max-closed-auctions`). With `--mem-report FILE`, a thread appends every
 `--mem-every` seconds: RSS, gc counts and the length of every container along a request's
 path (runtime, core, service, node, state); with `--trace`, also the tracemalloc diff by
 traceback against the previous report (slows the node 2-3x).
 
-    python scripts/probed_node.py --max-retained-bids 100000 --mem-report m.txt -- \\
-        node --addr 127.0.0.1:7001 --data-dir /tmp/n1
+    python scripts/probed_node.py --mem-report m.txt -- \\
+        node --addr 127.0.0.1:7001 --data-dir /tmp/n1 --max-retained-bids 100000
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import sys
 import threading
@@ -28,7 +26,6 @@ sys.path.insert(0, str(REPO))
 
 import zauction.node  # noqa: E402
 from zauction.cli import app  # noqa: E402
-from zauction.domain import AuctionState  # noqa: E402
 
 
 def vm_rss_mb() -> float:
@@ -90,10 +87,6 @@ class Probe(threading.Thread):
 
 
 def install(args: argparse.Namespace) -> None:
-    caps = {"max_retained_bids": args.max_retained_bids,
-            "max_closed_auctions": args.max_closed_auctions}
-    zauction.node.AuctionState = functools.partial(  # type: ignore[misc]
-        AuctionState, **{k: v for k, v in caps.items() if v})
     if args.mem_report is None:
         return
     if args.trace:
@@ -110,8 +103,6 @@ def install(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-retained-bids", type=int, default=0, help="0: the default")
-    parser.add_argument("--max-closed-auctions", type=int, default=0, help="0: the default")
     parser.add_argument("--mem-report", type=Path, default=None)
     parser.add_argument("--mem-every", type=float, default=10.0)
     parser.add_argument("--trace", action="store_true")
