@@ -71,11 +71,12 @@ class Recorder:
         pass
 
 
-def make(node: str = "a"):
+def make(node: str = "a", **options):
     journal: list = []
     config = Config(node, IDS)
     core = Core(config, random.Random(1))
-    rt = Runtime(config, core, RecordingStorage(journal), RecordingTransport(journal), Timing())
+    rt = Runtime(config, core, RecordingStorage(journal), RecordingTransport(journal), Timing(),
+                 **options)
     rt.app = Recorder()
     return rt, journal
 
@@ -152,11 +153,7 @@ def test_a_commit_only_change_costs_no_save_of_its_own_but_is_kept():
 
 
 def test_a_leader_refuses_proposals_beyond_max_pending_until_some_are_applied():
-    journal: list = []
-    config = Config("a", IDS)
-    rt = Runtime(config, Core(config, random.Random(1)), RecordingStorage(journal),
-                 RecordingTransport(journal), Timing(), max_pending=3)
-    rt.app = Recorder()
+    rt, journal = make("a", max_pending=3)
     elect(rt, journal)
     results = []
     indexes = [rt.propose(b"bid%d" % n, lambda r, e: results.append(r)) for n in range(3)]
@@ -180,11 +177,7 @@ def test_max_pending_must_be_a_positive_int():
 
 
 def test_housekeeping_proposals_are_admitted_even_when_saturated():
-    journal: list = []
-    config = Config("a", IDS)
-    rt = Runtime(config, Core(config, random.Random(1)), RecordingStorage(journal),
-                 RecordingTransport(journal), Timing(), max_pending=1)
-    rt.app = Recorder()
+    rt, journal = make("a", max_pending=1)
     elect(rt, journal)
     first = rt.propose(b"client write", lambda r, e: None)
     assert rt.saturated

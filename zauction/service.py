@@ -131,14 +131,19 @@ class Service:
     # --- one request -----------------------------------------------------------------------
 
     def handle(self, payload: bytes, respond: Respond, forwarded: bool = False) -> None:
-        """Serve one request frame holding a single request (a forwarded one, say)."""
+        """Serve one request frame holding a single request at once, bypassing the backlog."""
+        req = self._decode_or_refuse(payload, respond)
+        if req is not None:
+            self._serve(req, payload, respond, forwarded)
+
+    def _decode_or_refuse(self, payload: bytes, respond: Respond) -> ClientRequest | None:
+        """The single request in `payload`, or None after answering bad_request."""
         try:
-            req = decode_request(payload)
+            return decode_request(payload)
         except ProtocolError as exc:
             self.bad_requests += 1
             respond(error_reply(rid_of(payload), ErrorCode.BAD_REQUEST, str(exc)))
-            return
-        self._serve(req, payload, respond, forwarded)
+            return None
 
     def _on_client(self, ident: bytes, payload: bytes) -> None:
         """A client's frame: one request, or several back to back (docs/protocol.md)."""
@@ -272,14 +277,9 @@ class Service:
         def respond(data: bytes) -> None:
             transport.reply(ident, FORWARD_REPLY_KIND, pack({"fid": fid, "reply": data}))
 
-        try:
-            req = decode_request(inner)
-        except ProtocolError as exc:
-            self.bad_requests += 1
-            respond(error_reply(rid_of(inner), ErrorCode.BAD_REQUEST, str(exc)))
-            return
-        # Queued like a client's own request: the same bound on work per loop iteration.
-        self._enqueue(req, inner, respond, forwarded=True)
+        req = self._decode_or_refuse(inner, respond)
+        if req is not None:  # queued like a client's own: the same bound on work per iteration
+            self._enqueue(req, inner, respond, forwarded=True)
 
     # --- writes ----------------------------------------------------------------------------
 
