@@ -348,3 +348,14 @@ def test_a_follower_forwards_a_bounded_number_and_points_the_rest_to_the_leader(
     (_, payload), = transport.sent
     assert unpack(payload)["rid"] == 3 and unpack(payload)["error"] == "not_leader"
     assert unpack(payload)["leader"] == "b:1"
+
+
+def test_a_flood_of_reads_cannot_grow_the_backlog_without_bound(monkeypatch):
+    import zauction.service
+
+    monkeypatch.setattr(zauction.service, "MAX_BACKLOG", 2)
+    service, runtime, transport = with_transport()
+    frame = b"".join(pack({"op": "result", "rid": n, "auction": "x"}) for n in range(1, 6))
+    service.on_router(FromRouter(b"cli", b"C", frame))
+    assert [unpack(p)["error"] for _, p in transport.sent] == ["busy"] * 3
+    assert len(service._backlog) == 2

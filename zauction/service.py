@@ -52,7 +52,7 @@ MAX_REPLIES_PER_FRAME = 512  # keeps a gathered reply frame well under clients' 
 # Client requests served per loop iteration. Measured: a Ready of 1,024 bids kept the leader's
 # loop busy 80-155 ms, close to the 150 ms election timeout; 256 keep it well under.
 REQUESTS_PER_ITERATION = 256
-MAX_BACKLOG = 4096  # writes read beyond this many waiting are answered `busy` at once
+MAX_BACKLOG = 4096  # requests read beyond this many waiting are answered `busy` at once
 # A write that waited longer than this to be served is answered `busy` instead: queueing
 # beyond it would outlast clients' attempt timeouts (0.5-1 s), and their retries would then
 # arrive as duplicates on top of the flood (measured: collapse to 15% of peak at 1.5x load).
@@ -165,7 +165,7 @@ class Service:
 
     def _enqueue(self, req: ClientRequest, payload: bytes | None, respond: Respond,
                  forwarded: bool, arrival: float | None = None) -> None:
-        if len(self._backlog) >= MAX_BACKLOG and req.op in WRITE_OPS:
+        if len(self._backlog) >= MAX_BACKLOG:  # any op: the backlog must stay bounded
             self._busy(req.rid, respond, f"{MAX_BACKLOG} requests already waiting; retry shortly")
             return
         when = self.clock() if arrival is None else arrival
