@@ -37,7 +37,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import random
 import shutil
 import signal
 import statistics
@@ -62,6 +61,7 @@ from zmq.utils.monitor import recv_monitor_message
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from zauction.client import busy_pause_s  # noqa: E402
 from zauction.cluster import free_port_run, sigterm_as_interrupt, start_cluster  # noqa: E402
 from zauction.protocol import decode_replies, request_frames  # noqa: E402
 
@@ -395,12 +395,9 @@ class Driver:
         code = reply.get("error")
         if code == "rejected":
             self.on_done(op, "rejected", now)
-        elif code == "busy":  # the leader sheds load: come back to it after its hint
-            op.refusals += 1  # each refusal doubles the back-off (up to 32x), with jitter
-            hint = reply.get("retry_after_ms")
-            pause = hint / 1000 if isinstance(hint, int) and 0 < hint < 5000 else RETRY_PAUSE_S
-            pause *= 2 ** min(op.refusals - 1, 5) * random.uniform(1.0, 2.0)
-            self._retry_later(op, op.server, pause)
+        elif code == "busy":  # the leader sheds load: come back to it, as AuctionClient does
+            op.refusals += 1
+            self._retry_later(op, op.server, busy_pause_s(reply, op.refusals))
         elif code in RETRYABLE:
             hint = reply.get("leader")
             if hint in self.conns and hint != op.server:

@@ -37,9 +37,9 @@ from zauction.protocol import (  # noqa: E402  (the checkout, found through the 
     ok_reply,
     rid_of,
 )
+from zauction.service import MAX_REPLIES_PER_FRAME  # noqa: E402  (the same framing)
 
 REPLIES = "inproc://pso-replies"
-MAX_REPLIES_PER_FRAME = 512  # as zauction.service
 HWM = 10_000  # the same as a zauction node's ROUTER
 MAX_AMOUNT = 10**15
 
