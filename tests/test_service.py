@@ -15,6 +15,26 @@ from zauction.protocol import decode_replies, decode_requests, request_frames
 from zauction.service import BUSY_RETRY_AFTER_MS, Service
 
 
+class FakeTransport:
+    """Records every reply; replies to an identity with a sink are also decoded into it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+        self.sinks: dict[bytes, list] = {}
+
+    def reply(self, identity: bytes, kind: bytes, payload: bytes) -> bool:
+        self.sent.append((identity, payload))
+        if identity in self.sinks:
+            self.sinks[identity].append(unpack(payload))
+        return True
+
+
+def receive(service: Service, ident: bytes, frame: bytes) -> None:
+    """A client frame arrives, and the loop serves the requests it queued (one iteration)."""
+    service.on_router(FromRouter(ident, b"C", frame))
+    service.serve_backlog()
+
+
 class ScriptedRuntime:
     """Leader that logs proposals and applies them to a real AuctionState when told."""
 
@@ -26,6 +46,7 @@ class ScriptedRuntime:
         self.max_pending = max_pending
         self.log: list[tuple[bytes, Any]] = []
         self.applied = 0
+        self.transport = FakeTransport()
 
     @property
     def saturated(self) -> bool:
@@ -53,16 +74,19 @@ def make(max_pending: int = 100) -> tuple[Service, ScriptedRuntime]:
     state = AuctionState()
     runtime = ScriptedRuntime(state, max_pending)
     service = Service(runtime, state, lambda: {})
-    service.handle(pack({"op": "open", "rid": 1, "client": "admin", "seq": 1, "auction": "x",
-                         "duration_ms": 60_000}), lambda data: None)
+    receive(service, b"admin", pack({"op": "open", "rid": 1, "client": "admin", "seq": 1,
+                                     "auction": "x", "duration_ms": 60_000}))
     runtime.apply_all()
+    runtime.transport.sent.clear()  # the tests look at what comes after the open
     return service, runtime
 
 
 def bid(service: Service, rid: int, seq: int, amount: int, replies: list) -> None:
-    payload = pack({"op": "bid", "rid": rid, "client": "c1", "seq": seq, "auction": "x",
-                    "bidder": "ann", "amount": amount})
-    service.handle(payload, lambda data: replies.append(unpack(data)))
+    """Client c1's bid, from a connection of its own whose replies land in `replies`."""
+    ident = b"conn%d" % rid
+    service.runtime.transport.sinks[ident] = replies
+    receive(service, ident, pack({"op": "bid", "rid": rid, "client": "c1", "seq": seq,
+                                  "auction": "x", "bidder": "ann", "amount": amount}))
 
 
 def test_a_retry_of_a_write_in_flight_is_answered_with_it_and_not_logged_twice():
@@ -161,32 +185,16 @@ def test_the_client_backs_off_on_busy_and_retries_the_same_node_with_the_same_se
 def test_unhashable_client_fields_get_a_typed_error_not_an_exception():
     service, runtime = make()
     replies: list = []
+    runtime.transport.sinks[b"cli"] = replies
     for client, seq in (([1, 2], 1), ("c1", {"a": 1}), ({"x": 1}, [3])):
-        payload = pack({"op": "bid", "rid": 70, "client": client, "seq": seq, "auction": "x",
-                        "bidder": "ann", "amount": 5})
-        service.handle(payload, lambda data: replies.append(unpack(data)))
+        receive(service, b"cli", pack({"op": "bid", "rid": 70, "client": client, "seq": seq,
+                                       "auction": "x", "bidder": "ann", "amount": 5}))
     assert [r["error"] for r in replies] == ["bad_request"] * 3
     assert len(runtime.log) == 1  # only the open
 
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, bytes]] = []
-
-    def reply(self, identity: bytes, kind: bytes, payload: bytes) -> bool:
-        self.sent.append((identity, payload))
-        return True
-
-
-def receive(service: Service, ident: bytes, frame: bytes) -> None:
-    """A client frame arrives, and the loop serves the requests it queued (one iteration)."""
-    service.on_router(FromRouter(ident, b"C", frame))
-    service.serve_backlog()
-
-
 def with_transport(max_pending: int = 100) -> tuple[Service, ScriptedRuntime, FakeTransport]:
     service, runtime = make(max_pending)
-    runtime.transport = FakeTransport()
     return service, runtime, runtime.transport
 
 

@@ -130,12 +130,6 @@ class Service:
 
     # --- one request -----------------------------------------------------------------------
 
-    def handle(self, payload: bytes, respond: Respond, forwarded: bool = False) -> None:
-        """Serve one request frame holding a single request at once, bypassing the backlog."""
-        req = self._decode_or_refuse(payload, respond)
-        if req is not None:
-            self._serve(req, payload, respond, forwarded)
-
     def _decode_or_refuse(self, payload: bytes, respond: Respond) -> ClientRequest | None:
         """The single request in `payload`, or None after answering bad_request."""
         try:
