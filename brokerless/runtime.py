@@ -22,7 +22,7 @@ from brokerless.core import Config, Core, NotLeader, Ready, SoftState
 from brokerless.messages import Append, Heartbeat, Message
 from brokerless.snapshotter import Snapshotter
 from brokerless.storage import Storage
-from brokerless.transport import FromPeer, FromRouter, FromSub, Transport
+from brokerless.transport.zeromq import FromPeer, FromRouter, FromSub, Transport
 from brokerless.types import Entry, EntryKind, HardState, Role
 from brokerless.wire import WireError, decode_message, encode_message
 

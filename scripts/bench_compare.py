@@ -61,9 +61,9 @@ from zmq.utils.monitor import recv_monitor_message
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zauction.client import busy_pause_s  # noqa: E402
-from zauction.cluster import free_port_run, sigterm_as_interrupt, start_cluster  # noqa: E402
+from zauction.client.client import busy_pause_s  # noqa: E402
 from zauction.protocol import decode_replies, request_frames  # noqa: E402
+from zauction.tools.cluster import free_port_run, sigterm_as_interrupt, start_cluster  # noqa: E402
 
 CLIENT_KIND = b"C"
 RETRYABLE = frozenset({"not_leader", "unavailable", "outcome_unknown", "timeout"})
@@ -323,7 +323,7 @@ class Driver:
             if not conn.sock.get(zmq.EVENTS) & zmq.POLLOUT:
                 continue  # IMMEDIATE: no connection to that node right now
             # Requests wait in the outbox until step(): several leave in one frame, the way
-            # zauction.loadgen sends them (docs/protocol.md, several requests in one frame).
+            # zauction.tools.loadgen sends them (docs/protocol.md, several requests in one frame).
             self.outbox.setdefault(candidate, []).append(msgpack.packb(body))
             op.attempts += 1
             self.pending[op.rid] = op
@@ -600,8 +600,8 @@ def _run_for(driver: Driver, seconds: float) -> None:
 
 
 def loadgen_peak(servers: list[str], inflight: int, seconds: float) -> dict:
-    """zauction's own load generator (zauction.loadgen) at the same concurrency."""
-    from zauction.loadgen import run_load
+    """zauction's own load generator (zauction.tools.loadgen) at the same concurrency."""
+    from zauction.tools.loadgen import run_load
 
     settle_servers(servers)
     got = run_load(servers, bidders=inflight, concurrency=inflight, duration_s=seconds)
@@ -874,7 +874,7 @@ class Bench:
         got = self.worker.call(loadgen_peak, nodes.servers, res["peak_inflight"],
                                self.plan.seconds)
         res["loadgen_peak"] = got["ops_s"]
-        say(f"zauction: {res['peak_inflight']} in flight, zauction.loadgen cross-check: "
+        say(f"zauction: {res['peak_inflight']} in flight, zauction.tools.loadgen cross-check: "
             f"{got['ops_s']:.0f} ops/s, p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms")
 
     def search(self) -> None:
@@ -991,7 +991,7 @@ def details(result: dict) -> list[str]:
                 f"{r['inflight']} in flight {r['ops_s']:.0f} ops/s p50 {r['p50_ms']:.2f} "
                 f"p99 {r['p99_ms']:.2f} ms" for r in result[key]))
     if "loadgen_peak" in result:
-        out.append(f"{name} peak by zauction.loadgen.run_load (cross-check, no warmup): "
+        out.append(f"{name} peak by zauction.tools.loadgen.run_load (cross-check, no warmup): "
                    f"{result['loadgen_peak']:.0f} ops/s")
     if result.get("search"):
         out.append(f"{name} open-loop grid: " + "; ".join(

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from brokerless.wire import pack  # noqa: E402
-from zauction.client import AuctionClient, endpoint  # noqa: E402
+from zauction.client.client import AuctionClient, endpoint  # noqa: E402
 from zauction.protocol import CLIENT_KIND, ErrorCode, decode_reply  # noqa: E402
 
 READY_DEADLINE_S = 600.0  # a restart on 10M bids restores a large snapshot

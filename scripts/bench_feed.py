@@ -34,9 +34,9 @@ from typing import Any
 import bench_compare as bc  # scripts/ is on sys.path when this file is run as a script
 import zmq
 
-from zauction.client import AuctionClient, ClientError
-from zauction.cluster import sigterm_as_interrupt
-from zauction.feed import FeedWatcher
+from zauction.client.client import AuctionClient, ClientError
+from zauction.client.feed import FeedWatcher
+from zauction.tools.cluster import sigterm_as_interrupt
 
 END_BIDDER = "__end__"
 MAX_WORKERS = 4

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from brokerless.sqlite_storage import SqliteStorage
 from brokerless.storage import Durability, MemoryStorage, Storage
+from brokerless.storage.sqlite import SqliteStorage
 from brokerless.types import Entry, HardState
 
 PAYLOAD = bytes(range(100))

@@ -1,6 +1,6 @@
 """Memory of AuctionState.apply alone: no network, no storage, one process.
 
-Applies bid commands the way a node does (payloads encoded by zauction.commands, a window of
+Applies bid commands the way a node does (payloads encoded by zauction.auction.commands, a window of
 client ids with increasing seqs, auctions that close every `--auction-bids` bids), with a small
 retention cap so that it is reached early, and prints at intervals: RSS (VmRSS), the traced
 Python heap, the sizes of the state's structures, gc counts, and optionally the tracemalloc
@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from zauction.commands import Bid, CloseAuction, OpenAuction, Request, encode_request  # noqa: E402
-from zauction.domain import AuctionState  # noqa: E402
+from zauction.auction.commands import Bid, CloseAuction, OpenAuction, Request, encode_request  # noqa: E402
+from zauction.auction.domain import AuctionState  # noqa: E402
 
 FAR = 10**12
 

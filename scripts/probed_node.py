@@ -24,8 +24,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import zauction.node  # noqa: E402
-from zauction.cli import app  # noqa: E402
+import zauction.server.node  # noqa: E402
+from zauction.cli.app import app  # noqa: E402
 
 
 def vm_rss_mb() -> float:
@@ -91,14 +91,14 @@ def install(args: argparse.Namespace) -> None:
         return
     if args.trace:
         tracemalloc.start(6)
-    base = zauction.node.AuctionNode
+    base = zauction.server.node.AuctionNode
 
     class ProbedNode(base):  # type: ignore[misc, valid-type]
         def __init__(self, opts: Any) -> None:
             super().__init__(opts)
             Probe(self, args.mem_report, args.mem_every, args.top).start()
 
-    zauction.node.AuctionNode = ProbedNode  # type: ignore[misc]
+    zauction.server.node.AuctionNode = ProbedNode  # type: ignore[misc]
 
 
 def main(argv: list[str]) -> None:

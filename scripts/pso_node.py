@@ -37,7 +37,7 @@ from zauction.protocol import (  # noqa: E402  (the checkout, found through the 
     ok_reply,
     rid_of,
 )
-from zauction.service import MAX_REPLIES_PER_FRAME  # noqa: E402  (the same framing)
+from zauction.server.service import MAX_REPLIES_PER_FRAME  # noqa: E402  (the same framing)
 
 REPLIES = "inproc://pso-replies"
 HWM = 10_000  # the same as a zauction node's ROUTER

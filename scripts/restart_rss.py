@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from brokerless.sqlite_storage import describe_store  # noqa: E402
-from zauction.client import AuctionClient  # noqa: E402
+from brokerless.storage.sqlite import describe_store  # noqa: E402
+from zauction.client.client import AuctionClient  # noqa: E402
 
 
 def proc_status_mb(pid: int, field: str) -> float:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from zauction.client import (
+from zauction.client.client import (
     AuctionClient,
     BidRejected,
     ClientError,

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from brokerless.storage import Durability  # noqa: E402
-from zauction.node import AuctionNode, NodeOptions  # noqa: E402
+from zauction.server.node import AuctionNode, NodeOptions  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 import sys
 
-from brokerless.sqlite_storage import SqliteStorage
 from brokerless.storage import Durability
+from brokerless.storage.sqlite import SqliteStorage
 from brokerless.types import Entry, HardState
 
 NODE_ID, CLUSTER_ID = "writer", "crash-test"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zauction.checker import (
+from zauction.tools.checker import (
     BELOW_INCREMENT,
     BELOW_RESERVE,
     CheckerInputError,
@@ -25,7 +25,7 @@ from zauction.checker import (
     step,
     with_final_read,
 )
-from zauction.history import (
+from zauction.tools.history import (
     OK,
     REJECTED,
     UNKNOWN,

@@ -16,15 +16,18 @@ import typer
 from typer.testing import CliRunner
 
 from brokerless.storage import CorruptDataError, IdentityMismatchError
-from zauction import cli, cluster, console, logs
-from zauction.client import (
+from zauction.cli import app as cli
+from zauction.cli import console
+from zauction.cli.console import ExitCode
+from zauction.client.client import (
     BadRequest,
     BidRejected,
     ClusterUnavailable,
     RequestTimeout,
     UnknownAuctionError,
 )
-from zauction.console import ExitCode
+from zauction.server import logs
+from zauction.tools import cluster
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -299,12 +302,12 @@ def test_unexpected_exceptions_are_not_swallowed() -> None:
     CorruptDataError("/d/raft.db", "bad checksum", 7),
 ])
 def test_node_exits_5_when_its_data_directory_is_refused(monkeypatch, tmp_path, error) -> None:
-    import zauction.node
+    import zauction.server.node
 
     def refuse(opts):
         raise error
 
-    monkeypatch.setattr(zauction.node, "AuctionNode", refuse)
+    monkeypatch.setattr(zauction.server.node, "AuctionNode", refuse)
     monkeypatch.setattr(logs, "setup_logging", lambda *a, **k: None)
     res = run("node", "--addr", "localhost:1", "--data-dir", str(tmp_path))
     assert res.exit_code == 5
@@ -430,7 +433,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path) -> None:
 
 
 def test_node_passes_retention_and_backpressure_settings_to_the_node(monkeypatch, tmp_path) -> None:
-    import zauction.node
+    import zauction.server.node
 
     seen = []
 
@@ -441,7 +444,7 @@ def test_node_passes_retention_and_backpressure_settings_to_the_node(monkeypatch
         def run(self):
             return None
 
-    monkeypatch.setattr(zauction.node, "AuctionNode", RecordingNode)
+    monkeypatch.setattr(zauction.server.node, "AuctionNode", RecordingNode)
     res = run("node", "--addr", "localhost:1", "--data-dir", str(tmp_path),
               "--max-retained-bids", "7", "--max-closed-auctions", "3", "--max-pending", "9")
     assert res.exit_code == 0, res.output
@@ -450,7 +453,7 @@ def test_node_passes_retention_and_backpressure_settings_to_the_node(monkeypatch
 
 
 def test_a_node_keeps_only_as_many_bid_records_as_configured(tmp_path) -> None:
-    from zauction.node import AuctionNode, NodeOptions
+    from zauction.server.node import AuctionNode, NodeOptions
 
     node = AuctionNode(NodeOptions(addr=f"127.0.0.1:{cluster.free_port_run(1)}", peers=(),
                                    data_dir=tmp_path, max_retained_bids=3,

@@ -30,14 +30,14 @@ from harness import (
 
 from brokerless.messages import VoteRequest
 from brokerless.wire import encode_message
-from zauction.client import AuctionClient, BidRejected, ClusterUnavailable
-from zauction.feed import FeedWatcher
+from zauction.client.client import AuctionClient, BidRejected, ClusterUnavailable
+from zauction.client.feed import FeedWatcher
 from zauction.protocol import MAX_REQUEST_BYTES, ErrorCode
 
 pytestmark = pytest.mark.processes
 
 FAILOVER_LIMIT_S = 5.0  # the first write acknowledged after a leader dies must come sooner
-ROUTER_MAX_MESSAGE_BYTES = 64 << 20  # brokerless.transport's default max_message_bytes
+ROUTER_MAX_MESSAGE_BYTES = 64 << 20  # brokerless.transport.zeromq's default max_message_bytes
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zauction.commands import (
+from zauction.auction.commands import (
     MAX_AMOUNT,
     MAX_DURATION_MS,
     MAX_TIMESTAMP_MS,
@@ -27,7 +27,7 @@ from zauction.commands import (
     encode_command,
     encode_request,
 )
-from zauction.domain import (
+from zauction.auction.domain import (
     ApplyOrderError,
     AuctionClosed,
     AuctionOpened,

@@ -21,11 +21,11 @@ import typer
 import zmq
 from typer.testing import CliRunner
 
-from zauction import cluster
-from zauction.cli_load import register
-from zauction.client import AuctionClient, ClientError
-from zauction.history import UNKNOWN, read_history
-from zauction.loadgen import LoadError, run_load
+from zauction.cli.load import register
+from zauction.client.client import AuctionClient, ClientError
+from zauction.tools import cluster
+from zauction.tools.history import UNKNOWN, read_history
+from zauction.tools.loadgen import LoadError, run_load
 
 RESULT_KEYS = {"acked", "rejected", "failed", "throughput", "latency_ms", "lost",
                "leader_changes", "errors", "duration_s"}

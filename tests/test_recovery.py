@@ -3,7 +3,7 @@
 kill -9 (a follower under load, a follower the leader compacted past, the whole cluster at
 random moments), exactly-once across a whole-cluster crash, a restart on a million bids, and
 data directories that must be refused: another node's, another cluster's, a corrupt one.
-`zauction data inspect` (zauction.inspect) is checked against what the nodes served.
+`zauction data inspect` (zauction.tools.datadir) is checked against what the nodes served.
 
 Waits are conditions with deadlines (harness.wait_until); every process is stopped by PID in a
 finalizer. Tests without real processes cover the inspector's refusals on offline stores.
@@ -46,16 +46,16 @@ from harness import (
 )
 from typer.testing import CliRunner
 
-from brokerless.sqlite_storage import DB_FILENAME, SqliteStorage, snapshot_crc
 from brokerless.storage import CorruptDataError, Durability, StorageError
+from brokerless.storage.sqlite import DB_FILENAME, SqliteStorage, snapshot_crc
 from brokerless.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
-from zauction.cli_data import register
-from zauction.client import BidRejected
-from zauction.commands import MAX_TIMESTAMP_MS, Bid, OpenAuction, Request, encode_request
-from zauction.console import ExitCode
-from zauction.domain import AuctionState
-from zauction.inspect import NotADataDirError, inspect_data_dir
-from zauction.node import NodeOptions
+from zauction.auction.commands import MAX_TIMESTAMP_MS, Bid, OpenAuction, Request, encode_request
+from zauction.auction.domain import AuctionState
+from zauction.cli.console import ExitCode
+from zauction.cli.data import register
+from zauction.client.client import BidRejected
+from zauction.server.node import NodeOptions
+from zauction.tools.datadir import NotADataDirError, inspect_data_dir
 
 SNAPSHOT_EVERY = "50"  # small, so that a few seconds of bidding compacts the log many times
 BID_TIMEOUT_S = 1.5  # bids in flight at a kill give up soon, with an unknown outcome
@@ -263,8 +263,8 @@ def build_big_store(directory: Path) -> BigStore:
 def big_store_key() -> str:
     """Changes whenever what the big store is made of changes: the code or this recipe."""
     digest = hashlib.sha256(repr((BIG_BIDS, BIG_TAIL, BIG_CLIENTS)).encode())
-    for source in ("zauction/domain.py", "zauction/commands.py", "brokerless/storage.py",
-                   "brokerless/sqlite_storage.py"):
+    for source in ("zauction/auction/domain.py", "zauction/auction/commands.py", "brokerless/storage/interface.py",
+                   "brokerless/storage/sqlite.py"):
         digest.update((REPO / source).read_bytes())
     for function in (build_big_store, bid_payload):
         digest.update(inspect.getsource(function).encode())

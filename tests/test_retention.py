@@ -14,9 +14,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zauction.commands import Bid, CloseAuction, OpenAuction, Reason, Request, encode_request
-from zauction.domain import AuctionState, InvalidLimit, InvalidSnapshot, Reply, UnknownAuction
-from zauction.service import events_after
+from zauction.auction.commands import (
+    Bid,
+    CloseAuction,
+    OpenAuction,
+    Reason,
+    Request,
+    encode_request,
+)
+from zauction.auction.domain import (
+    AuctionState,
+    InvalidLimit,
+    InvalidSnapshot,
+    Reply,
+    UnknownAuction,
+)
+from zauction.server.service import events_after
 
 FAR = 10**12  # a deadline no test reaches
 

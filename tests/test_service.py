@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from brokerless.runtime import Overloaded, ProposalLost
-from brokerless.transport import FromRouter
+from brokerless.transport.zeromq import FromRouter
 from brokerless.types import Role
 from brokerless.wire import pack, unpack
-from zauction.commands import decode_request_fields
-from zauction.domain import AuctionState
+from zauction.auction.commands import decode_request_fields
+from zauction.auction.domain import AuctionState
 from zauction.protocol import decode_replies, decode_requests, request_frames
-from zauction.service import BUSY_RETRY_AFTER_MS, Service
+from zauction.server.service import BUSY_RETRY_AFTER_MS, Service
 
 
 class FakeTransport:
@@ -148,7 +148,7 @@ def test_the_client_backs_off_on_busy_and_retries_the_same_node_with_the_same_se
 
     import zmq
 
-    from zauction.client import AuctionClient
+    from zauction.client.client import AuctionClient
     from zauction.protocol import CLIENT_KIND, ErrorCode, error_reply, ok_reply
 
     ctx = zmq.Context.instance()
@@ -282,7 +282,7 @@ def test_a_stream_reply_made_after_an_earlier_flush_is_still_sent():
 
 
 def test_one_iteration_serves_a_bounded_share_of_a_flood_and_the_rest_in_order_after():
-    from zauction.service import REQUESTS_PER_ITERATION
+    from zauction.server.service import REQUESTS_PER_ITERATION
 
     service, runtime, transport = with_transport(max_pending=10_000)
     count = REQUESTS_PER_ITERATION + 100
@@ -299,9 +299,9 @@ def test_one_iteration_serves_a_bounded_share_of_a_flood_and_the_rest_in_order_a
 
 
 def test_writes_beyond_the_backlog_limit_are_answered_busy_at_once(monkeypatch):
-    import zauction.service
+    import zauction.server.service
 
-    monkeypatch.setattr(zauction.service, "MAX_BACKLOG", 3)
+    monkeypatch.setattr(zauction.server.service, "MAX_BACKLOG", 3)
     service, runtime, transport = with_transport()
     frame = b"".join(pack(bid_body(n, 1, n)) for n in range(1, 6))
     service.on_router(FromRouter(b"cli", b"C", frame))
@@ -312,7 +312,7 @@ def test_writes_beyond_the_backlog_limit_are_answered_busy_at_once(monkeypatch):
 
 
 def test_writes_that_waited_too_long_are_answered_busy_and_reads_are_still_served():
-    from zauction.service import MAX_QUEUE_WAIT_S
+    from zauction.server.service import MAX_QUEUE_WAIT_S
 
     service, runtime, transport = with_transport()
     now = [100.0]
@@ -343,9 +343,9 @@ def test_a_forwarded_request_waits_in_the_same_backlog_and_is_answered_to_its_no
 
 
 def test_a_follower_forwards_a_bounded_number_and_points_the_rest_to_the_leader(monkeypatch):
-    import zauction.service
+    import zauction.server.service
 
-    monkeypatch.setattr(zauction.service, "MAX_FORWARDS_IN_FLIGHT", 2)
+    monkeypatch.setattr(zauction.server.service, "MAX_FORWARDS_IN_FLIGHT", 2)
     service, runtime, transport = with_transport()
     runtime.role, runtime.leader = Role.FOLLOWER, "b:1"
     forwarded = []
@@ -359,9 +359,9 @@ def test_a_follower_forwards_a_bounded_number_and_points_the_rest_to_the_leader(
 
 
 def test_a_flood_of_reads_cannot_grow_the_backlog_without_bound(monkeypatch):
-    import zauction.service
+    import zauction.server.service
 
-    monkeypatch.setattr(zauction.service, "MAX_BACKLOG", 2)
+    monkeypatch.setattr(zauction.server.service, "MAX_BACKLOG", 2)
     service, runtime, transport = with_transport()
     frame = b"".join(pack({"op": "result", "rid": n, "auction": "x"}) for n in range(1, 6))
     service.on_router(FromRouter(b"cli", b"C", frame))

@@ -18,16 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from brokerless.sqlite_storage import (
-    DB_FILENAME,
-    TRIM_ROWS_PER_WRITE,
-    SqliteStorage,
-    db_file,
-    describe_store,
-    entry_crc,
-    hard_state_crc,
-    snapshot_crc,
-)
 from brokerless.storage import (
     CorruptDataError,
     Durability,
@@ -36,6 +26,16 @@ from brokerless.storage import (
     PersistedState,
     Storage,
     StorageError,
+)
+from brokerless.storage.sqlite import (
+    DB_FILENAME,
+    TRIM_ROWS_PER_WRITE,
+    SqliteStorage,
+    db_file,
+    describe_store,
+    entry_crc,
+    hard_state_crc,
+    snapshot_crc,
 )
 from brokerless.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from brokerless.transport import (
+from brokerless.transport.zeromq import (
     HELLO,
     HELLO_ACK,
     AddressError,
@@ -245,7 +245,7 @@ def test_max_batch_bounds_one_poll(cluster: Cluster) -> None:
 
 
 def test_one_poll_reads_a_bounded_number_of_bytes_and_the_rest_later(cluster: Cluster) -> None:
-    from brokerless.transport import MAX_BYTES_PER_POLL
+    from brokerless.transport.zeromq import MAX_BYTES_PER_POLL
 
     class Frame:
         def __init__(self, data: bytes, more: bool):

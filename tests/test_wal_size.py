@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from brokerless.sqlite_storage import WAL_SIZE_LIMIT, SqliteStorage
 from brokerless.storage import Durability
+from brokerless.storage.sqlite import WAL_SIZE_LIMIT, SqliteStorage
 from brokerless.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 
 SNAPSHOT_BYTES = 3 * WAL_SIZE_LIMIT  # one transaction far beyond the limit

@@ -6,7 +6,7 @@ the node, client and CLI live in their own modules.
 
 from __future__ import annotations
 
-from zauction.commands import (
+from zauction.auction.commands import (
     Bid,
     CloseAuction,
     Command,
@@ -21,7 +21,7 @@ from zauction.commands import (
     encode_command,
     encode_request,
 )
-from zauction.domain import (
+from zauction.auction.domain import (
     ApplyOrderError,
     AuctionClosed,
     AuctionOpened,

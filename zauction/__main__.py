@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zauction.cli import app
+from zauction.cli.app import app
 
 if __name__ == "__main__":
     app(prog_name="zauction")

@@ -15,10 +15,10 @@ from typing import Any
 
 from brokerless.core import NotLeader
 from brokerless.runtime import Overloaded, ProposalLost, Runtime
-from brokerless.transport import FromPeer, FromRouter
+from brokerless.transport.zeromq import FromPeer, FromRouter
 from brokerless.types import Role
 from brokerless.wire import WireError, pack, unpack
-from zauction.commands import (
+from zauction.auction.commands import (
     Bid,
     CloseAuction,
     InvalidCommand,
@@ -26,7 +26,7 @@ from zauction.commands import (
     Request,
     encode_request,
 )
-from zauction.domain import AuctionState, Reply, UnknownAuction, reply_to_dict
+from zauction.auction.domain import AuctionState, Reply, UnknownAuction, reply_to_dict
 from zauction.protocol import (
     CLIENT_KIND,
     FORWARD_KIND,
@@ -43,7 +43,7 @@ from zauction.protocol import (
     rid_of,
 )
 
-log = logging.getLogger("zauction.service")
+log = logging.getLogger("zauction.server.service")
 
 Respond = Callable[[bytes], None]
 FORWARD_TIMEOUT_S = 3.0

@@ -17,13 +17,13 @@ from pathlib import Path
 from brokerless.core import Config, Core, SoftState
 from brokerless.runtime import DEFAULT_MAX_PENDING, Runtime, Timing
 from brokerless.snapshotter import Snapshotter
-from brokerless.sqlite_storage import SqliteStorage
 from brokerless.storage import CorruptDataError, Durability
-from brokerless.transport import FromPeer, FromRouter, FromSub, Transport
+from brokerless.storage.sqlite import SqliteStorage
+from brokerless.transport.zeromq import FromPeer, FromRouter, FromSub, Transport
 from brokerless.types import Entry, EntryKind, Role, Snapshot
 from brokerless.wire import pack
-from zauction.commands import CloseAuction, EnsureDefault, Request, encode_request
-from zauction.domain import (
+from zauction.auction.commands import CloseAuction, EnsureDefault, Request, encode_request
+from zauction.auction.domain import (
     MAX_CLOSED_AUCTIONS,
     MAX_RETAINED_BIDS,
     AuctionState,
@@ -32,9 +32,9 @@ from zauction.domain import (
     UnknownAuction,
 )
 from zauction.protocol import CLUSTER_TOPIC, FEED_PREFIX
-from zauction.service import Service, now_ms
+from zauction.server.service import Service, now_ms
 
-log = logging.getLogger("zauction.node")
+log = logging.getLogger("zauction.server.node")
 
 DUTY_INTERVAL_S = 0.05  # how often the leader looks for auctions to open or close
 

@@ -1,7 +1,7 @@
 """`zauction data ...`: commands about a node's data directory, run offline.
 
 `register(app)` adds the `data` sub-app to the main CLI. Like every command, these only parse
-arguments, call the library (zauction.inspect) and print through zauction.console.
+arguments, call the library (zauction.tools.datadir) and print through zauction.cli.console.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Annotated
 import typer
 
 from brokerless.storage import StorageError
-from zauction import console
-from zauction.console import CliError, ExitCode, emit_json, errors, out
-from zauction.inspect import DataDirReport, inspect_data_dir
+from zauction.cli import console
+from zauction.cli.console import CliError, ExitCode, emit_json, errors, out
+from zauction.tools.datadir import DataDirReport, inspect_data_dir
 
 
 def register(app: typer.Typer) -> None:

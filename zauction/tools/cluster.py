@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from zauction.client import AuctionClient, BidRejected, ClientError, ClusterUnavailable
+from zauction.client.client import AuctionClient, BidRejected, ClientError, ClusterUnavailable
 
 CLUSTER_FILE = "cluster.json"
 POLL_S = 0.1  # how often waits below re-check their condition
 STOP_TIMEOUT_S = 5.0  # SIGTERM, then this long before SIGKILL
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding zauction/
 
 
 class ClusterError(Exception):

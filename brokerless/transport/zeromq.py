@@ -33,7 +33,7 @@ import zmq
 
 from brokerless.wire import MalformedFrame, pack, unpack
 
-log = logging.getLogger("brokerless.transport")
+log = logging.getLogger("brokerless.transport.zeromq")
 
 HELLO = b"HELLO"
 HELLO_ACK = b"HELLO_ACK"

@@ -5,7 +5,7 @@ database never written or repaired; on a stopped node's directory SQLite creates
 `-wal`/`-shm` files a WAL reader needs, which the node reuses when it starts) and reads it in
 ONE read transaction, so with WAL it sees a consistent
 store even while the node keeps writing. It verifies every row's checksum with the public
-functions of `brokerless.sqlite_storage` (the layout is docs/storage.md), restores the snapshot
+functions of `brokerless.storage.sqlite` (the layout is docs/storage.md), restores the snapshot
 into an AuctionState and applies the committed log entries after it, streaming the rows: the
 log is never held in memory.
 
@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brokerless.sqlite_storage import (
+from brokerless.storage import CorruptDataError, StorageError
+from brokerless.storage.sqlite import (
     DB_FILENAME,
     FORMAT_VERSION,
     db_file,
     read_verified,
 )
-from brokerless.storage import CorruptDataError, StorageError
 from brokerless.types import Entry, EntryKind, Snapshot
-from zauction.domain import AuctionState, InvalidSnapshot
+from zauction.auction.domain import AuctionState, InvalidSnapshot
 
 _TABLES = frozenset({"meta", "hard_state", "log", "snapshot"})
 _CORRUPTION_CODES = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})

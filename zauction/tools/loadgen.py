@@ -35,9 +35,7 @@ import zmq
 from hdrh.histogram import HdrHistogram
 
 from brokerless.wire import pack
-from zauction.checker import FinalState, Rules
-from zauction.client import AuctionClient, ClientError, busy_pause_s, endpoint
-from zauction.history import OK, REJECTED, UNKNOWN, BidOp, HistoryWriter
+from zauction.client.client import AuctionClient, ClientError, busy_pause_s, endpoint
 from zauction.protocol import (
     CLIENT_KIND,
     ErrorCode,
@@ -45,6 +43,8 @@ from zauction.protocol import (
     decode_replies,
     request_frames,
 )
+from zauction.tools.checker import FinalState, Rules
+from zauction.tools.history import OK, REJECTED, UNKNOWN, BidOp, HistoryWriter
 
 ATTEMPT_TIMEOUT_S = 1.0
 OP_TIMEOUT_S = 10.0

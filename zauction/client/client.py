@@ -119,7 +119,7 @@ class AuctionClient:
         return out
 
     def watch(self, auction: str | None = None) -> Iterator[dict]:
-        from zauction.feed import FeedWatcher
+        from zauction.client.feed import FeedWatcher
 
         with FeedWatcher(self, auction) as watcher:
             yield from watcher

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import zmq
 
 from brokerless.wire import WireError, unpack
-from zauction.client import ClientError
+from zauction.client.client import ClientError
 from zauction.protocol import CLUSTER_TOPIC, FEED_PREFIX
 
 if TYPE_CHECKING:
-    from zauction.client import AuctionClient
+    from zauction.client.client import AuctionClient
 
 RESYNC_IDLE_S = 1.0  # check for missed events after this long without any
 

@@ -22,16 +22,16 @@ from rich.table import Table
 from rich.text import Text
 
 from brokerless.storage import StorageError
-from brokerless.transport import BindError
-from zauction.client import (
+from brokerless.transport.zeromq import BindError
+from zauction.auction.commands import InvalidCommand
+from zauction.client.client import (
     BadRequest,
     BidRejected,
     ClusterUnavailable,
     RequestTimeout,
     UnknownAuctionError,
 )
-from zauction.cluster import ClusterError
-from zauction.commands import InvalidCommand
+from zauction.tools.cluster import ClusterError
 
 out = Console()
 err = Console(stderr=True)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from brokerless.storage import (
+from brokerless.storage.interface import (
     CorruptDataError,
     Durability,
     IdentityMismatchError,

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from zauction.history import OK, REJECTED, UNKNOWN, BidOp, BidTuple, Op, ReadOp
+from zauction.tools.history import OK, REJECTED, UNKNOWN, BidOp, BidTuple, Op, ReadOp
 
 BELOW_RESERVE = "below_reserve"
 BELOW_INCREMENT = "below_increment"

@@ -22,18 +22,18 @@ import typer
 
 from brokerless.runtime import DEFAULT_MAX_PENDING, Timing
 from brokerless.storage import Durability
-from zauction import cluster as local
-from zauction import console
-from zauction.client import AuctionClient, BidRejected, ClusterUnavailable
-from zauction.commands import (
+from zauction.auction.commands import (
     DEFAULT_AUCTION,
     MAX_ITEM_LEN,
     InvalidCommand,
     check_amount,
     check_name,
 )
-from zauction.console import CliError, ExitCode, emit_json, errors, note, out
-from zauction.domain import MAX_CLOSED_AUCTIONS, MAX_RETAINED_BIDS
+from zauction.auction.domain import MAX_CLOSED_AUCTIONS, MAX_RETAINED_BIDS
+from zauction.cli import console
+from zauction.cli.console import CliError, ExitCode, emit_json, errors, note, out
+from zauction.client.client import AuctionClient, BidRejected, ClusterUnavailable
+from zauction.tools import cluster as local
 
 DEFAULT_SERVERS = "localhost:8001,localhost:8002,localhost:8003"
 T = TypeVar("T")
@@ -213,8 +213,8 @@ def node(
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.INFO,
 ) -> None:
     """Run one node in the foreground until SIGTERM or Ctrl-C."""
-    from zauction.logs import setup_logging
-    from zauction.node import AuctionNode, NodeOptions
+    from zauction.server.logs import setup_logging
+    from zauction.server.node import AuctionNode, NodeOptions
 
     setup_logging(log_format.value, log_level.value)
     host, port = addr.rsplit(":", 1)
@@ -560,10 +560,10 @@ def _print_demo(report: DemoReport, elapsed_s: float) -> None:
 
 # Commands that live in their own modules (each adds itself to the app).
 def _register_extensions() -> None:
-    from zauction import cli_data, cli_load
+    from zauction.cli import data, load
 
-    cli_load.register(app)
-    cli_data.register(app)
+    load.register(app)
+    data.register(app)
 
 
 _register_extensions()

@@ -2,7 +2,7 @@
 check afterwards that nothing acknowledged was lost and the history is linearizable.
 
 cli.py calls `register(app)`; this module only parses, shows progress and prints: the work is
-in zauction.loadgen (the load) and zauction.checker (the verdict).
+in zauction.tools.loadgen (the load) and zauction.tools.checker (the verdict).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from zauction import console
-from zauction.checker import Verdict, check
-from zauction.console import CliError, ExitCode, emit_json, errors, out
-from zauction.loadgen import (
+from zauction.cli import console
+from zauction.cli.console import CliError, ExitCode, emit_json, errors, out
+from zauction.tools.checker import Verdict, check
+from zauction.tools.loadgen import (
     OP_TIMEOUT_S,
     LoadError,
     LoadProgress,
@@ -36,7 +36,7 @@ MAX_VIOLATIONS_SHOWN = 10
 
 def _seconds(text: str) -> float:
     # cli.py imports this module to register the command: import it back lazily, at parse time.
-    from zauction import cli
+    from zauction.cli import app as cli
 
     try:
         return cli.parse_duration_ms(text) / 1000
@@ -45,7 +45,7 @@ def _seconds(text: str) -> float:
 
 
 def _servers(text: str) -> list[str]:
-    from zauction import cli
+    from zauction.cli import app as cli
 
     return cli.parse_addr_list(text)
 

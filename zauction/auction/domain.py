@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from zauction.commands import (
+from zauction.auction.commands import (
     MAX_SEQ,
     MAX_TIMESTAMP_MS,
     REASONS,

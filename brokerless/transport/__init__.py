@@ -1,0 +1,1 @@
+"""How nodes reach each other: the interface, the ZeroMQ implementation, an in-memory twin."""

@@ -1,0 +1,1 @@
+"""The `zauction` command line: thin typer commands over the library."""

@@ -1,0 +1,1 @@
+"""The replicated application: a node process and the client service it runs."""
