@@ -15,15 +15,16 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
-from brokerless.core import Config, Core, NotLeader, Ready, SoftState
+from brokerless.application import Application, Inbound, PeerReply
+from brokerless.core import Config, Core, CoreStatus, NotLeader, Ready, SoftState
 from brokerless.messages import Append, Heartbeat, Message
 from brokerless.snapshotter import Snapshotter
 from brokerless.storage import Storage
-from brokerless.transport.zeromq import FromPeer, FromRouter, FromSub, Transport
-from brokerless.types import Entry, EntryKind, HardState, Role
+from brokerless.transport import FromPeer, FromRouter, FromSub, Incoming, Transport, TransportStats
+from brokerless.types import HardState, Role
 from brokerless.wire import WireError, decode_message, encode_message
 
 log = logging.getLogger("brokerless.runtime")
@@ -35,40 +36,6 @@ _LEADER_OUTBOUND = (Append, Heartbeat)
 # of work at this implementation's peak rate: deep enough to batch well, shallow enough that
 # a flood cannot stretch the loop past an election timeout.
 DEFAULT_MAX_PENDING = 2048
-
-
-class StateMachine(Protocol):
-    """What an application hands brokerless to replicate."""
-
-    def apply(self, entry: Entry) -> Any: ...
-
-    def snapshot(self) -> bytes: ...
-
-    def restore(self, data: bytes) -> None: ...
-
-
-class Application(StateMachine, Protocol):
-    """The state machine plus the hooks the runtime calls from its loop."""
-
-    def on_message(self, msg: FromRouter | FromPeer | FromSub) -> None: ...
-
-    def on_tick(self) -> None: ...
-
-    def on_role_change(self, soft: SoftState) -> None: ...
-
-    def on_applied(self) -> None:
-        """Once per Ready, after its committed entries were applied (batch side effects here)."""
-
-    def before_ready(self) -> None:
-        """Once per loop iteration, after the messages and before the Ready: do a bounded
-        share of queued work (propose what should go into this Ready)."""
-
-    @property
-    def has_backlog(self) -> bool:
-        """True while before_ready() has queued work left: the loop then does not wait."""
-
-    def on_iteration_end(self) -> None:
-        """At the end of every loop iteration: flush what was gathered during it."""
 
 
 class Overloaded(Exception):
@@ -93,43 +60,82 @@ class Timing:
 
 
 Callback = Callable[[Any, BaseException | None], None]
+Clock = Callable[[], float]  # monotonic seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A proposal of this node's, waiting to be applied: its term, its payload (the committed
+    entry must be this very object to be ours), its callback and what the application keeps
+    of it to spare decoding it again."""
+
+    term: int
+    data: bytes
+    callback: Callback
+    proposed: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmedRead:
+    """A read the leader confirmed at `index`: served once that index is applied here."""
+
+    index: int
+    ctx: int
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStatus:
+    """What a node's loop can tell about itself (for status replies and operators)."""
+
+    core: CoreStatus
+    heartbeat_age_s: float  # since the last heartbeat from a current leader; 0 as leader
+    rejected_peer_messages: int
+    pub_endpoint: str
+    loop: dict[str, int] = field(default_factory=dict)
+    transport: TransportStats = field(default_factory=TransportStats)
 
 
 class Runtime:
+    """One node's loop around a core. Built with everything it drives (storage, transport,
+    the application, a clock); offers the application propose, read, reply, send, publish
+    and status, and nothing of its parts."""
+
     def __init__(self, config: Config, core: Core, storage: Storage, transport: Transport,
-                 timing: Timing, snapshot_every: int = 100_000,
+                 app: Application, timing: Timing = Timing(), *, snapshot_every: int = 100_000,
                  snapshotter: Snapshotter | None = None,
-                 max_pending: int = DEFAULT_MAX_PENDING):
+                 max_pending: int = DEFAULT_MAX_PENDING, clock: Clock = time.monotonic):
         if type(max_pending) is not int or max_pending < 1:
             raise ValueError(f"max_pending must be a positive int, not {max_pending!r}")
-        self.config = config
         self.max_pending = max_pending
-        self.core = core
-        self.storage = storage
-        self.transport = transport
-        self.timing = timing
-        self.snapshot_every = snapshot_every
+        self._config = config
+        self._core = core
+        self._storage = storage
+        self._transport = transport
+        self._app = app
+        self._timing = timing
+        self._clock = clock
         # Each node snapshots at its own point (up to a quarter later), so the nodes never all
         # write their snapshot into storage in the same moment.
         spread = snapshot_every // 4
         stagger = zlib.crc32(config.id.encode()) % spread if spread else 0
         self._snapshot_threshold = snapshot_every + stagger
-        self.snapshotter = snapshotter or Snapshotter(fork=False)
+        self._snapshotter = snapshotter or Snapshotter(fork=False)
         self._snapshot_started = 0.0
-        self.app: Application | None = None
-        self._proposals: dict[int, tuple[int, Callback]] = {}  # index -> (term, callback)
+        self._proposals: dict[int, Proposal] = {}  # log index -> our proposal there
         self._reads: dict[int, Callback] = {}  # read ctx -> callback
-        self._confirmed_reads: list[tuple[int, int]] = []  # (index, ctx) waiting for apply
+        self._confirmed_reads: list[ConfirmedRead] = []  # waiting for their index to apply
         self._next_ctx = 0
         self._soft = SoftState(Role.FOLLOWER, None, core.term)
         self._durable_term_vote = (core.term, core.vote)
         self._deferred_hard_state: HardState | None = None
-        self.last_leader_contact = time.monotonic()
-        self.running = False
-        self.rejected_peer_messages = 0
-        self.peer_last_heard: dict[str, float] = {}
+        now = clock()
+        self._last_leader_contact = now
+        self._running = False
+        self._rejected_peer_messages = 0
+        self._peer_last_heard: dict[str, float] = {}
         self._silent_peers: set[str] = set()
-        self._leader_since = time.monotonic()
+        self._leader_since = now
+        self._next_tick = now + timing.tick_ms / 1000
         self.stats = dict.fromkeys(
             ("readies", "messages_sent", "entries_saved", "entries_applied", "saves",
              "overloaded", "slow_iterations", "max_iteration_ms"), 0)
@@ -140,75 +146,104 @@ class Runtime:
 
     # --- the application's API ---------------------------------------------------------
 
-    def propose(self, data: bytes, callback: Callback, admit_always: bool = False) -> int:
+    def propose(self, data: bytes, callback: Callback, *, proposed: Any = None,
+                admit_always: bool = False) -> int:
         """Replicate `data`; `callback(result, None)` runs once it is applied here.
 
-        Raises NotLeader at once at a non-leader (its `leader` is a hint), and Overloaded
-        when `max_pending` proposals are already waiting to be applied (unless `admit_always`,
-        for the application's own rare housekeeping entries)."""
+        `proposed` is handed back to the application's apply() for this entry, if the
+        entry committed at its index is still this very payload. Raises NotLeader at once
+        at a non-leader (its `leader` is a hint), and Overloaded when `max_pending`
+        proposals are already waiting to be applied (unless `admit_always`, for the
+        application's own rare housekeeping entries)."""
         if self.saturated and not admit_always:
             self.stats["overloaded"] += 1
             raise Overloaded(self.max_pending)
-        index = self.core.propose(data)
-        self._proposals[index] = (self.core.term, callback)
+        index = self._core.propose(data)
+        self._proposals[index] = Proposal(self._core.term, data, callback, proposed)
         return index
 
     @property
     def saturated(self) -> bool:
         """True while propose() would raise Overloaded: lets a caller refuse a request
         before spending any work on it."""
-        return len(self._proposals) >= self.max_pending and self.core.role == Role.LEADER
+        return len(self._proposals) >= self.max_pending and self._core.role == Role.LEADER
 
     def read(self, callback: Callback) -> None:
         """Run `callback` once a linearizable read may be served from local state."""
         self._next_ctx += 1
-        self.core.read_index(self._next_ctx)
+        self._core.read_index(self._next_ctx)
         self._reads[self._next_ctx] = callback
 
     @property
     def role(self) -> Role:
-        return self.core.role
+        return self._core.role
 
     @property
     def leader(self) -> str | None:
-        return self.core.leader
+        return self._core.leader
+
+    @property
+    def term(self) -> int:
+        return self._core.term
+
+    def status(self) -> RuntimeStatus:
+        core = self._core.status()
+        age = 0.0 if core.role == Role.LEADER else self._clock() - self._last_leader_contact
+        return RuntimeStatus(core, age, self._rejected_peer_messages,
+                             self._transport.pub_endpoint, dict(self.stats),
+                             self._transport.stats)
+
+    def reply(self, origin: bytes, kind: bytes, payload: bytes) -> bool:
+        """Answer an Inbound frame; False if the answer was dropped."""
+        return self._transport.reply(origin, kind, payload)
+
+    def send(self, peer: str, kind: bytes, payload: bytes) -> bool:
+        """A frame of the application's own to a member (it answers as a PeerReply)."""
+        return self._transport.send(peer, kind, payload)
+
+    def publish(self, topic: bytes, payload: bytes) -> None:
+        """Broadcast to whoever subscribed to this node (lossy, like every PUB)."""
+        self._transport.publish(topic, payload)
 
     # --- the loop ------------------------------------------------------------------------
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        self.running = True
-        tick_s = self.timing.tick_ms / 1000
-        next_tick = time.monotonic() + tick_s
-        while self.running and not should_stop():
-            wait_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-            if self.app is not None and self.app.has_backlog:
-                wait_ms = 0  # work is queued: only pick up what already arrived
-            events = self.transport.poll(wait_ms)
-            started = time.monotonic()
-            for event in events:
-                self._dispatch(event)
-            now = time.monotonic()
-            if now >= next_tick:
-                # Messages are handled before ticks, so a busy loop never mistakes its own
-                # slowness for a silent leader.
-                self._tick()
-                next_tick = max(next_tick + tick_s, now)
-            saved = self.stats["entries_saved"]
-            if self.app is not None:
-                self.app.before_ready()
-            self.process_ready()
-            if self.app is not None:
-                self.app.on_iteration_end()
-            self._note_iteration(started, len(events), self.stats["entries_saved"] - saved)
+        self._running = True
+        busy = False
+        while self._running and not should_stop():
+            busy = self.run_once(0 if busy else None)
+
+    def run_once(self, wait_ms: int | None = None) -> bool:
+        """One loop iteration: take what arrived (waiting up to `wait_ms`, by default until
+        the next tick), tick if due, let the application work, execute the Ready. Returns
+        True while the application has work queued (the next call should not wait)."""
+        if wait_ms is None:
+            wait_ms = max(0, int((self._next_tick - self._clock()) * 1000))
+        events = self._transport.poll(wait_ms)
+        started = self._clock()
+        for event in events:
+            self._dispatch(event)
+        now = self._clock()
+        if now >= self._next_tick:
+            # Messages are handled before ticks, so a busy loop never mistakes its own
+            # slowness for a silent leader.
+            self._tick(now)
+            self._next_tick = max(self._next_tick + self._timing.tick_ms / 1000, now)
+        saved = self.stats["entries_saved"]
+        busy = self._app.before_ready(now)
+        self.process_ready()
+        self._app.after_iteration()
+        self._note_iteration(started, len(events), self.stats["entries_saved"] - saved)
+        return busy
 
     def _note_iteration(self, started: float, events: int, entries: int) -> None:
         """Count and report iterations long enough to delay heartbeats towards an election."""
-        took_ms = (time.monotonic() - started) * 1000
+        now = self._clock()
+        took_ms = (now - started) * 1000
         self.stats["max_iteration_ms"] = max(self.stats["max_iteration_ms"], round(took_ms))
-        if took_ms < self.timing.election_ticks * self.timing.tick_ms / 2:
+        if took_ms < self._timing.election_ticks * self._timing.tick_ms / 2:
             return
         self.stats["slow_iterations"] += 1
-        now = time.monotonic()
         if now - self._last_slow_log >= 1.0:  # at most once a second
             self._last_slow_log = now
             log.warning("slow loop iteration: %.0f ms for %d messages and %d entries saved "
@@ -216,17 +251,26 @@ class Runtime:
                         self._last_save_ms if entries else 0.0, self.stats["slow_iterations"])
 
     def stop(self) -> None:
-        self.running = False
+        self._running = False
 
-    def _watch_peers(self) -> None:
+    def close(self) -> None:
+        """Stop any snapshot child, write a deferred commit index, release the transport
+        and the storage. Safe to call twice."""
+        self._snapshotter.close()
+        self.flush()
+        self._transport.close()
+        self._storage.close()
+
+    def _watch_peers(self, now: float) -> None:
         """As leader (the one node every peer answers), log peers going silent and coming back."""
-        if self.core.role != Role.LEADER:
+        if self._core.role != Role.LEADER:
             self._silent_peers.clear()
             return
-        now = time.monotonic()
-        limit = 2 * self.timing.election_ticks * self.timing.tick_ms / 1000
-        for peer in self.core.peers:
-            silent_for = now - self.peer_last_heard.get(peer, self._leader_since)
+        limit = 2 * self._timing.election_ticks * self._timing.tick_ms / 1000
+        for peer in self._config.voters:
+            if peer == self._config.id:
+                continue
+            silent_for = now - self._peer_last_heard.get(peer, self._leader_since)
             if silent_for > limit and peer not in self._silent_peers:
                 self._silent_peers.add(peer)
                 log.warning("peer %s looks down: nothing heard for %.1f s; replication to it "
@@ -235,19 +279,21 @@ class Runtime:
                 self._silent_peers.discard(peer)
                 log.info("peer %s is back", peer)
 
-    def _tick(self) -> None:
-        self._watch_peers()
-        self.core.tick()
-        if self.app is not None:
-            self.app.on_tick()
+    def _tick(self, now: float) -> None:
+        self._watch_peers(now)
+        self._core.tick()
 
-    def _dispatch(self, event: FromRouter | FromPeer | FromSub) -> None:
-        if isinstance(event, FromRouter) and event.kind == PEER_KIND:
-            self._step_peer(event.payload, self.transport.peer_of(event.identity))
+    def _dispatch(self, event: Incoming) -> None:
+        if isinstance(event, FromRouter):
+            sender = self._transport.peer_of(event.identity)
+            if event.kind == PEER_KIND:
+                self._step_peer(event.payload, sender)
+            else:
+                self._app.on_inbound(Inbound(event.identity, sender, event.kind, event.payload))
+        elif isinstance(event, FromPeer):
+            self._app.on_peer_reply(PeerReply(event.peer, event.kind, event.payload))
         elif isinstance(event, FromSub) and event.topic == HEARTBEAT_TOPIC:
             self._step_peer(event.payload, event.peer)
-        elif self.app is not None:
-            self.app.on_message(event)
 
     def _step_peer(self, payload: bytes, sender: str | None) -> None:
         try:
@@ -260,27 +306,27 @@ class Runtime:
             # from someone else is dropped.
             self._reject_peer_message("message from %s claiming to be from %s", sender, msg.src)
             return
-        now = time.monotonic()
-        self.peer_last_heard[sender] = now
-        if isinstance(msg, Heartbeat) and msg.term >= self.core.term:
-            self.last_leader_contact = now
-        self.core.step(msg)
+        now = self._clock()
+        self._peer_last_heard[sender] = now
+        if isinstance(msg, Heartbeat) and msg.term >= self._core.term:
+            self._last_leader_contact = now
+        self._core.step(msg)
 
     def _reject_peer_message(self, fmt: str, *args: object) -> None:
         # Counted always, logged at most once a second: a hostile sender must not flood logs.
-        self.rejected_peer_messages += 1
-        now = time.monotonic()
+        self._rejected_peer_messages += 1
+        now = self._clock()
         if now - self._last_reject_log >= 1.0:
             self._last_reject_log = now
             log.warning("dropped a " + fmt + " (%d dropped so far)", *args,
-                        self.rejected_peer_messages)
+                        self._rejected_peer_messages)
 
     # --- executing a Ready -----------------------------------------------------------------
 
     def process_ready(self) -> None:
-        rd = self.core.ready()
+        rd = self._core.ready()
         if rd.is_empty() and rd.soft_state == self._soft:
-            if self.snapshotter.busy:
+            if self._snapshotter.busy:
                 self._maybe_snapshot()  # pick up a finished snapshot even when idle
             return
         stats = self.stats
@@ -296,9 +342,7 @@ class Runtime:
             if not early or not isinstance(msg, _LEADER_OUTBOUND):
                 self._send(msg)
         self._apply(rd)
-        if rd.committed and self.app is not None:
-            self.app.on_applied()
-        self.core.advance(rd)
+        self._core.advance(rd)
         self._after_apply(rd)
         if rd.soft_state != self._soft:
             self._role_changed(rd.soft_state)
@@ -317,9 +361,9 @@ class Runtime:
             hs = self._deferred_hard_state
         if hs is None and not rd.entries and rd.snapshot is None:
             return
-        started = time.monotonic()
-        self.storage.save(hs, rd.entries, rd.snapshot)
-        self._last_save_ms = (time.monotonic() - started) * 1000
+        started = self._clock()
+        self._storage.save(hs, rd.entries, rd.snapshot)
+        self._last_save_ms = (self._clock() - started) * 1000
         self.stats["saves"] += 1
         self._deferred_hard_state = None
         if hs is not None:
@@ -328,7 +372,7 @@ class Runtime:
     def flush(self) -> None:
         """Write a deferred commit index (before compaction, and at shutdown)."""
         if self._deferred_hard_state is not None:
-            self.storage.save(self._deferred_hard_state, [])
+            self._storage.save(self._deferred_hard_state, [])
             self._deferred_hard_state = None
 
     def _early_sendable(self, rd: Ready) -> list[Message]:
@@ -346,82 +390,83 @@ class Runtime:
     def _send(self, msg: Message) -> None:
         data = encode_message(msg)
         if isinstance(msg, Heartbeat):
-            self.transport.publish(HEARTBEAT_TOPIC, data)
+            self._transport.publish(HEARTBEAT_TOPIC, data)
         else:
-            self.transport.send(msg.dst, PEER_KIND, data)
+            self._transport.send(msg.dst, PEER_KIND, data)
 
     def _apply(self, rd: Ready) -> None:
-        app = self.app
-        if rd.snapshot is not None and app is not None:
+        app = self._app
+        if rd.snapshot is not None:
             app.restore(rd.snapshot.data)
             log.info("installed snapshot at index %d", rd.snapshot.meta.index)
         for entry in rd.committed:
-            result = None
-            if entry.kind == EntryKind.COMMAND and app is not None:
-                result = app.apply(entry)
-            elif app is not None:
-                app.apply(entry)  # a no-op still marks a new term to the application
-            waiter = self._proposals.pop(entry.index, None)
-            if waiter is None:
-                continue
-            term, callback = waiter
-            if term == entry.term:
-                callback(result, None)
+            ours = self._proposals.pop(entry.index, None)
+            mine = ours is not None and ours.term == entry.term
+            if mine and entry.data is ours.data and ours.proposed is not None:
+                result = app.apply(entry, ours.proposed)
             else:
-                callback(None, ProposalLost(f"entry {entry.index} was replaced by a new leader"))
+                result = app.apply(entry)  # a no-op too: it marks a new term to the application
+            if ours is None:
+                continue
+            if mine:
+                ours.callback(result, None)
+            else:
+                ours.callback(None, ProposalLost(f"entry {entry.index} was replaced by a new "
+                                                 "leader"))
 
     def _after_apply(self, rd: Ready) -> None:
         for rs in rd.read_states:
-            self._confirmed_reads.append((rs.index, rs.ctx))
+            self._confirmed_reads.append(ConfirmedRead(rs.index, rs.ctx))
         for ctx in rd.dropped_reads:
             callback = self._reads.pop(ctx, None)
             if callback is not None:
-                callback(None, NotLeader(self.core.leader))
+                callback(None, NotLeader(self._core.leader))
         if self._confirmed_reads:
+            applied = self._core.applied
             waiting = []
-            for index, ctx in self._confirmed_reads:
-                if index <= self.core.applied:
-                    callback = self._reads.pop(ctx, None)
-                    if callback is not None:
-                        callback(None, None)
-                else:
-                    waiting.append((index, ctx))
+            for read in self._confirmed_reads:
+                if read.index > applied:
+                    waiting.append(read)
+                    continue
+                callback = self._reads.pop(read.ctx, None)
+                if callback is not None:
+                    callback(None, None)
             self._confirmed_reads = waiting
 
     def _role_changed(self, soft: SoftState) -> None:
         old, self._soft = self._soft, soft
         if soft.role == Role.LEADER:
-            self._leader_since = time.monotonic()
+            self._leader_since = self._clock()
         if old.role == Role.LEADER and soft.role != Role.LEADER:
             # Our uncommitted proposals may still commit under the next leader, or vanish:
             # tell their clients the outcome is unknown; they retry with the same request
             # id and the state machine answers a retry of an applied request from its cache.
-            for _, callback in self._proposals.values():
-                callback(None, ProposalLost("leadership lost before the entry committed"))
+            for proposal in self._proposals.values():
+                proposal.callback(None, ProposalLost("leadership lost before the entry "
+                                                     "committed"))
             self._proposals.clear()
         if soft.leader != old.leader or soft.term != old.term:
             log.info("term %d: %s, leader %s", soft.term, soft.role.value, soft.leader or "unknown")
-        if self.app is not None:
-            self.app.on_role_change(soft)
+        self._app.on_role_change(soft)
 
     def _maybe_snapshot(self) -> None:
-        core, app = self.core, self.app
-        done = self.snapshotter.poll()
-        if done is None and app is not None and not self.snapshotter.busy and (
-                core.applied - core.log.offset >= self._snapshot_threshold):
-            self._snapshot_started = time.monotonic()
-            done = self.snapshotter.start(core.applied, app.snapshot)
+        done = self._snapshotter.poll()
+        core = self._core.status()
+        if done is None and not self._snapshotter.busy and (
+                core.applied - core.snapshot_index >= self._snapshot_threshold):
+            self._snapshot_started = self._clock()
+            done = self._snapshotter.start(core.applied, self._app.snapshot)
         if done is not None:
             self._compact(*done)
 
     def _compact(self, index: int, data: bytes) -> None:
-        if index <= self.core.log.offset:
+        if index <= self._core.status().snapshot_index:
             return  # a snapshot from the leader overtook ours meanwhile
-        stored_from = time.monotonic()
+        stored_from = self._clock()
         self.flush()  # storage compacts only up to a durable commit index
-        snap = self.core.compact(index, data)
-        self.storage.compact(snap)
-        now = time.monotonic()
+        snap = self._core.compact(index, data)
+        self._storage.compact(snap)
+        now = self._clock()
         log.info("snapshot at index %d (%d bytes) in %.0f ms, of which %.0f ms storing it",
                  index, len(data), (now - self._snapshot_started) * 1000,
                  (now - stored_from) * 1000)

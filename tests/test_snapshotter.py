@@ -10,6 +10,7 @@ from brokerless.core import Config, Core
 from brokerless.runtime import Runtime, Timing
 from brokerless.snapshotter import Snapshotter
 from brokerless.storage import MemoryStorage
+from brokerless.transport import MemoryTransport
 
 
 def wait_for(snapshotter: Snapshotter, deadline_s: float = 10.0):
@@ -79,24 +80,19 @@ class CountingApp:
         return str(self.n).encode()
 
     def restore(self, data): ...
-    def on_message(self, msg): ...
-    def on_tick(self): ...
+    def on_inbound(self, frame): ...
+    def on_peer_reply(self, reply): ...
     def on_role_change(self, soft): ...
-    def on_applied(self): ...
-
-
-class QuietTransport:
-    def subscribe(self, topic): ...
-    def send(self, *args): return True
-    def publish(self, *args): ...
+    def before_ready(self, now): return False
+    def after_iteration(self): ...
 
 
 def test_runtime_compacts_once_the_child_finishes_even_when_idle(tmp_path):
     config = Config("a", ("a",))
     core = Core(config, random.Random(0))
-    rt = Runtime(config, core, MemoryStorage(), QuietTransport(), Timing(), snapshot_every=1,
-                 snapshotter=Snapshotter(tmp_path))
-    rt.app = CountingApp()
+    storage = MemoryStorage()
+    rt = Runtime(config, core, storage, MemoryTransport("a"), CountingApp(), Timing(),
+                 snapshot_every=1, snapshotter=Snapshotter(tmp_path))
     core.campaign()
     rt.process_ready()
     rt.propose(b"x", lambda r, e: None)
@@ -105,6 +101,6 @@ def test_runtime_compacts_once_the_child_finishes_even_when_idle(tmp_path):
     while core.log.offset == 0 and time.monotonic() < deadline:
         rt.process_ready()  # nothing new to do: only the finished child is left to pick up
         time.sleep(0.005)
-    snap = rt.storage.load().snapshot
+    snap = storage.load().snapshot
     assert core.log.offset >= 1 and snap is not None
     assert int(snap.data) == snap.meta.index  # one applied entry per index, NOOP included

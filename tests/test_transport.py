@@ -24,9 +24,9 @@ from brokerless.transport.zeromq import (
     FromSub,
     Incoming,
     InvalidFrame,
-    Transport,
     TransportClosed,
     UnknownPeer,
+    ZmqTransport,
     parse_hello,
 )
 from brokerless.wire import pack, unpack
@@ -45,16 +45,16 @@ class Cluster:
     """Creates transports and raw sockets, and closes them all at teardown."""
 
     def __init__(self) -> None:
-        self.transports: list[Transport] = []
+        self.transports: list[ZmqTransport] = []
         self.context = zmq.Context()
 
-    def node(self, node_id: str, peers: list[str], **options: object) -> Transport:
+    def node(self, node_id: str, peers: list[str], **options: object) -> ZmqTransport:
         # The port may be taken again by the time we bind, or still held by a closed
         # transport's socket: retry binding until the deadline.
         deadline = time.monotonic() + DEADLINE_S
         while True:
             try:
-                transport = Transport(node_id, {p: p for p in peers}, **options)
+                transport = ZmqTransport(node_id, {p: p for p in peers}, **options)
                 break
             except BindError as exc:
                 if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
@@ -62,7 +62,7 @@ class Cluster:
         self.transports.append(transport)
         return transport
 
-    def mesh(self, n: int, **options: object) -> list[Transport]:
+    def mesh(self, n: int, **options: object) -> list[ZmqTransport]:
         ids = [free_address() for _ in range(n)]
         return [self.node(node_id, ids, **options) for node_id in ids]
 
@@ -93,7 +93,7 @@ Inbox = dict[str, list[Incoming]]
 
 
 def poll_until(
-    transports: list[Transport],
+    transports: list[ZmqTransport],
     done: Callable[[Inbox], bool],
     tick: Callable[[], None] = lambda: None,
 ) -> Inbox:
@@ -112,14 +112,14 @@ def heard_from(inbox: Inbox, node: str, peer: str, payload: bytes) -> bool:
     return FromSub(peer, b"hb", payload) in inbox[node]
 
 
-def publish_heartbeats(transports: list[Transport]) -> Callable[[], None]:
+def publish_heartbeats(transports: list[ZmqTransport]) -> Callable[[], None]:
     def tick() -> None:
         for transport in transports:
             transport.publish(b"hb", transport.node_id.encode())
     return tick
 
 
-def all_hear_all(transports: list[Transport]) -> Callable[[Inbox], bool]:
+def all_hear_all(transports: list[ZmqTransport]) -> Callable[[Inbox], bool]:
     def done(inbox: Inbox) -> bool:
         return all(heard_from(inbox, a.node_id, b.node_id, b.node_id.encode())
                    and a.hello_acked(b.node_id)
@@ -375,9 +375,9 @@ def test_a_client_hello_learns_the_pub_endpoint_without_creating_a_subscription(
                                      "tcp://127.0.0.1:5000", "[::1]:5000", "a b:1"])
 def test_bad_addresses_are_refused(address: str) -> None:
     with pytest.raises(AddressError):
-        Transport(address, {})
+        ZmqTransport(address, {})
     with pytest.raises(AddressError):
-        Transport("127.0.0.1:5000", {"peer": address})
+        ZmqTransport("127.0.0.1:5000", {"peer": address})
 
 
 def test_binding_a_taken_port_raises_bind_error_and_leaks_nothing(cluster: Cluster) -> None:
@@ -385,7 +385,7 @@ def test_binding_a_taken_port_raises_bind_error_and_leaks_nothing(cluster: Clust
     context = zmq.Context()
     try:
         with pytest.raises(BindError) as info:
-            Transport(a.node_id, {}, context=context)
+            ZmqTransport(a.node_id, {}, context=context)
         assert info.value.errno == zmq.EADDRINUSE
     finally:
         context.term()  # would block forever if the failed transport had left a socket open

@@ -17,7 +17,16 @@ from collections.abc import Sequence
 from brokerless.core.leader import LeaderMixin, PendingRead
 from brokerless.core.log import RaftLog
 from brokerless.core.progress import Progress
-from brokerless.core.ready import Config, NotLeader, ReadState, Ready, Rng, SoftState
+from brokerless.core.ready import (
+    Config,
+    CoreStatus,
+    IncomingSnapshot,
+    NotLeader,
+    ReadState,
+    Ready,
+    Rng,
+    SoftState,
+)
 from brokerless.messages import (
     Append,
     AppendResponse,
@@ -71,7 +80,7 @@ class Core(LeaderMixin):
         self.pending_reads: list[PendingRead] = []
         self.read_states: list[ReadState] = []
         self.dropped_reads: list[object] = []
-        self.incoming_snapshot: tuple[int, int, bytearray] | None = None
+        self.incoming_snapshot: IncomingSnapshot | None = None
         self.received_snapshot: Snapshot | None = None
         self.msgs: list[Message] = []
         self.append_pending = False
@@ -134,6 +143,11 @@ class Core(LeaderMixin):
         self.log.compact(index)
         self.snapshot = Snapshot(SnapshotMeta(index, term), data)
         return self.snapshot
+
+    def status(self) -> CoreStatus:
+        """What the node's state is now, for everyone outside the core (read-only)."""
+        return CoreStatus(self.role, self.term, self.leader, self.commit, self.applied,
+                          self.log.first_index, self.log.last_index, self.log.offset)
 
     def ready(self) -> Ready:
         if self.role == Role.LEADER:
@@ -353,11 +367,11 @@ class Core(LeaderMixin):
     def _snapshot_buffer(self, msg: InstallSnapshot) -> bytearray | None:
         """The buffer a chunk extends; on a gap, ask the leader to resume where we are."""
         inc = self.incoming_snapshot
-        if msg.offset == 0 and not (inc and inc[:2] == (msg.index, msg.snap_term)):
-            inc = self.incoming_snapshot = (msg.index, msg.snap_term, bytearray())
-        if inc and inc[0] == msg.index and inc[1] == msg.snap_term and len(inc[2]) == msg.offset:
-            return inc[2]
-        resume = len(inc[2]) if inc and inc[0] == msg.index else 0
+        if msg.offset == 0 and not (inc and inc.is_for(msg)):
+            inc = self.incoming_snapshot = IncomingSnapshot(msg.index, msg.snap_term)
+        if inc and inc.is_for(msg) and len(inc.data) == msg.offset:
+            return inc.data
+        resume = len(inc.data) if inc and inc.index == msg.index else 0
         self._reply_snapshot(msg.src, msg.index, resume, False)
         return None
 
@@ -386,12 +400,3 @@ class Core(LeaderMixin):
         SnapshotResponse: LeaderMixin._on_snapshot_response,
         TimeoutNow: _on_timeout_now,
     }
-
-    # --- observation ---------------------------------------------------------------------
-
-    def status(self) -> dict:
-        return {
-            "id": self.id, "role": self.role.value, "term": self.term, "leader": self.leader,
-            "commit": self.commit, "applied": self.applied, "last_index": self.log.last_index,
-            "snapshot_index": self.log.offset, "ignored": self.ignored,
-        }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from brokerless.messages import Message
+from brokerless.messages import InstallSnapshot, Message
 from brokerless.types import Entry, HardState, NodeId, Role, Snapshot
 
 
@@ -53,6 +53,32 @@ class SoftState:
     role: Role
     leader: NodeId | None
     term: int
+
+
+@dataclass(frozen=True, slots=True)
+class CoreStatus:
+    """A read-only view of a core: what a runtime or an operator may look at."""
+
+    role: Role
+    term: int
+    leader: NodeId | None
+    commit: int
+    applied: int
+    first_index: int  # the first entry still in the log
+    last_index: int
+    snapshot_index: int  # entries up to here live only in the snapshot
+
+
+@dataclass(slots=True)
+class IncomingSnapshot:
+    """A snapshot a follower is receiving chunk by chunk from the leader."""
+
+    index: int
+    term: int
+    data: bytearray = field(default_factory=bytearray)
+
+    def is_for(self, msg: InstallSnapshot) -> bool:
+        return self.index == msg.index and self.term == msg.snap_term
 
 
 @dataclass(slots=True)

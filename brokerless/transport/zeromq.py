@@ -31,13 +31,28 @@ from typing import Any
 
 import zmq
 
+from brokerless.transport.interface import (
+    MAX_KIND_BYTES,
+    AddressError,
+    ConfigError,
+    FromPeer,
+    FromRouter,
+    FromSub,
+    Incoming,
+    InvalidFrame,
+    TransportClosed,
+    TransportError,
+    TransportStats,
+    UnknownPeer,
+    parse_address,
+    valid_kind,
+)
 from brokerless.wire import MalformedFrame, pack, unpack
 
-log = logging.getLogger("brokerless.transport.zeromq")
+log = logging.getLogger("brokerless.transport")
 
 HELLO = b"HELLO"
 HELLO_ACK = b"HELLO_ACK"
-MAX_KIND_BYTES = 16
 MAX_ROUTING_ID_BYTES = 255  # a ZeroMQ limit; our node id is our routing id
 DEFAULT_MAX_BATCH = 1024
 # Bytes read from one socket per poll() (beyond one message). A flood of large client frames
@@ -55,19 +70,6 @@ _KEEPALIVE = {zmq.HEARTBEAT_IVL: 200, zmq.HEARTBEAT_TIMEOUT: 600, zmq.HEARTBEAT_
 _MAX_HELLO_BYTES = 4096
 _MAX_HELLO_FIELD_CHARS = 256
 _ENDPOINT = re.compile(r"tcp://([A-Za-z0-9._-]+):([0-9]{1,5})")
-_ADDRESS = re.compile(r"([A-Za-z0-9._-]+):([0-9]{1,5})")
-
-
-class TransportError(Exception):
-    """Base of the transport's errors: the caller misused the API or the network refused us."""
-
-
-class ConfigError(TransportError, ValueError):
-    """A bad argument: constructor setting, timeout."""
-
-
-class AddressError(ConfigError):
-    """A node address that is not "host:port"."""
 
 
 class BindError(TransportError):
@@ -79,61 +81,6 @@ class BindError(TransportError):
         self.errno = error.errno
 
 
-class UnknownPeer(TransportError, LookupError):
-    """A peer id that was not in the `peers` given to the constructor."""
-
-
-class InvalidFrame(TransportError, ValueError):
-    """A kind, topic or payload we refuse to send (wrong type, empty, too long, reserved)."""
-
-
-class TransportClosed(TransportError):
-    """The transport was used after close()."""
-
-
-@dataclass(frozen=True, slots=True)
-class FromRouter:
-    """A request to us, on our ROUTER; answer it with `reply(identity, ...)`."""
-
-    identity: bytes
-    kind: bytes
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class FromPeer:
-    """A reply from `peer` on the DEALER we keep to it."""
-
-    peer: str
-    kind: bytes
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class FromSub:
-    """A message `peer` published (its SUB socket tells us which peer it was)."""
-
-    peer: str
-    topic: bytes
-    payload: bytes
-
-
-Incoming = FromRouter | FromPeer | FromSub
-
-
-@dataclass(slots=True)
-class TransportStats:
-    """Counters (mutable on purpose: the transport bumps them as frames come and go)."""
-
-    malformed: int = 0  # frames dropped for their shape, kind or HELLO payload
-    sends_dropped: int = 0  # send/reply/HELLO that hit a high-water mark or no route
-    hellos_sent: int = 0
-    hellos_received: int = 0
-    hello_acks_received: int = 0
-    hellos_refused: int = 0  # HELLO or HELLO_ACK refused: foreign cluster, unknown id, ...
-    endpoint_changes: int = 0  # a peer's PUB endpoint moved (the peer restarted)
-
-
 @dataclass(frozen=True, slots=True)
 class Hello:
     """The payload of HELLO and HELLO_ACK. A client's HELLO has empty fields."""
@@ -141,14 +88,6 @@ class Hello:
     id: str
     pub: str
     cluster: str
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """Split "host:port" into its parts; raises AddressError."""
-    match = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
-    if match is None or not 1 <= int(match.group(2)) <= 65535:
-        raise AddressError(f"a node address is 'host:port' (IPv4 or name), got {address!r}")
-    return match.group(1), int(match.group(2))
 
 
 def is_pub_endpoint(endpoint: str) -> bool:
@@ -185,10 +124,6 @@ class _PeerLink:
     hello_interval: float = HELLO_INTERVAL_S
 
 
-def _valid_kind(kind: bytes) -> bool:
-    return 0 < len(kind) <= MAX_KIND_BYTES
-
-
 def _recv_frames(sock: zmq.Socket, max_frames: int) -> list[bytes] | None:
     """One multipart message, or None if nothing is waiting. Frames past `max_frames` are read
     and discarded (the result then has max_frames + 1 items, which callers treat as malformed),
@@ -208,8 +143,8 @@ def _recv_frames(sock: zmq.Socket, max_frames: int) -> list[bytes] | None:
     return frames
 
 
-class Transport:
-    """The sockets of node `node_id` ("host:port") and its links to `peers` (id -> address)."""
+class ZmqTransport:
+    """The ZeroMQ sockets of node `node_id` ("host:port") and its links to `peers` (id -> address)."""
 
     def __init__(
         self,
@@ -366,7 +301,7 @@ class Transport:
         return False
 
     def _check_frame(self, kind: bytes, payload: bytes) -> None:
-        if not isinstance(kind, bytes) or not _valid_kind(kind):
+        if not isinstance(kind, bytes) or not valid_kind(kind):
             raise InvalidFrame(f"kind must be 1..{MAX_KIND_BYTES} bytes, got {kind!r}")
         if kind in (HELLO, HELLO_ACK):
             raise InvalidFrame(f"{kind!r} is reserved for the transport")
@@ -563,7 +498,7 @@ class Transport:
         return incoming
 
     def _on_router(self, frames: list[bytes], incoming: list[Incoming]) -> None:
-        if len(frames) != 3 or not _valid_kind(frames[1]):
+        if len(frames) != 3 or not valid_kind(frames[1]):
             self._malformed("router", frames)
             return
         identity, kind, payload = frames
@@ -575,7 +510,7 @@ class Transport:
             incoming.append(FromRouter(identity, kind, payload))
 
     def _on_dealer(self, link: _PeerLink, frames: list[bytes], incoming: list[Incoming]) -> None:
-        if len(frames) != 2 or not _valid_kind(frames[0]) or frames[0] == HELLO:
+        if len(frames) != 2 or not valid_kind(frames[0]) or frames[0] == HELLO:
             self._malformed(link.peer, frames)
             return
         kind, payload = frames
@@ -615,7 +550,7 @@ class Transport:
         if self._own_context:
             self._context.term()
 
-    def __enter__(self) -> Transport:
+    def __enter__(self) -> ZmqTransport:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

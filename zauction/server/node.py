@@ -14,15 +14,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from brokerless.application import Inbound, PeerReply
 from brokerless.core import Config, Core, SoftState
 from brokerless.runtime import DEFAULT_MAX_PENDING, Runtime, Timing
 from brokerless.snapshotter import Snapshotter
 from brokerless.storage import CorruptDataError, Durability
 from brokerless.storage.sqlite import SqliteStorage
-from brokerless.transport.zeromq import FromPeer, FromRouter, FromSub, Transport
+from brokerless.transport.zeromq import ZmqTransport
 from brokerless.types import Entry, EntryKind, Role, Snapshot
 from brokerless.wire import pack
-from zauction.auction.commands import CloseAuction, EnsureDefault, Request, encode_request
+from zauction.auction.commands import (
+    DEFAULT_AUCTION,
+    CloseAuction,
+    EnsureDefault,
+    Request,
+    encode_request,
+)
 from zauction.auction.domain import (
     MAX_CLOSED_AUCTIONS,
     MAX_RETAINED_BIDS,
@@ -66,55 +73,58 @@ class NodeOptions:
 
 
 class AuctionNode:
+    """The auction state machine replicated by a brokerless Runtime: it is the runtime's
+    Application, and owns the client service and the leader's duties."""
+
     def __init__(self, opts: NodeOptions):
         self.opts = opts
         self.cluster_id = opts.resolved_cluster_id()
-        self.storage = SqliteStorage.open(opts.data_dir, opts.addr, self.cluster_id,
-                                          opts.durability)
-        persisted = self.storage.load()
+        storage = SqliteStorage.open(opts.data_dir, opts.addr, self.cluster_id, opts.durability)
+        persisted = storage.load()
         t = opts.timing
         config = Config(opts.addr, opts.members, election_ticks=t.election_ticks,
                         heartbeat_ticks=t.heartbeat_ticks)
         core = Core(config, random.Random(), persisted.hard_state, persisted.snapshot,
-                     persisted.entries)
+                    persisted.entries)
         self.state = AuctionState(max_retained_bids=opts.max_retained_bids,
                                   max_closed_auctions=opts.max_closed_auctions)
         if persisted.snapshot is not None:
-            self._restore_stored(persisted.snapshot)
-        peers = {p: p for p in opts.peers}
-        self.transport = Transport(opts.addr, peers, cluster_id=self.cluster_id)
-        self.runtime = Runtime(config, core, self.storage, self.transport, t, opts.snapshot_every,
-                               Snapshotter(opts.data_dir), max_pending=opts.max_pending)
-        self.runtime.app = self
+            self._restore_stored(persisted.snapshot, storage)
+        transport = ZmqTransport(opts.addr, {p: p for p in opts.peers},
+                                 cluster_id=self.cluster_id)
+        self.runtime = Runtime(config, core, storage, transport, self, t,
+                               snapshot_every=opts.snapshot_every,
+                               snapshotter=Snapshotter(opts.data_dir),
+                               max_pending=opts.max_pending)
         self.service = Service(self.runtime, self.state, self.status)
         self._closing: set[str] = set()
         self._outbox: dict[bytes, list[dict]] = {}  # feed topic -> events of this Ready
         self._default_proposed_term = -1
         self._next_duty = 0.0
         self.started = time.monotonic()
+        at = core.status()
         log.info("node %s starting: cluster %s, peers %s, data %s, term %d, log %d..%d",
-                 opts.addr, self.cluster_id, ",".join(opts.peers), opts.data_dir, core.term,
-                 core.log.first_index, core.log.last_index)
+                 opts.addr, self.cluster_id, ",".join(opts.peers), opts.data_dir, at.term,
+                 at.first_index, at.last_index)
 
-    def _restore_stored(self, snapshot: Snapshot) -> None:
+    def _restore_stored(self, snapshot: Snapshot, storage: SqliteStorage) -> None:
         try:
             self.state.restore(snapshot.data)
         except InvalidSnapshot as exc:
-            self.storage.close()
-            raise CorruptDataError(self.storage.path, f"the stored snapshot does not restore: "
+            storage.close()
+            raise CorruptDataError(storage.path, f"the stored snapshot does not restore: "
                                    f"{exc}", snapshot.meta.index) from exc
 
     # --- the state machine (called by the runtime) -----------------------------------------
 
-    def apply(self, entry: Entry) -> Reply | None:
+    def apply(self, entry: Entry, proposed: Request | None = None) -> Reply | None:
         if entry.kind == EntryKind.NOOP:
             # A new leader's first entry: every replica publishes the change at the same index.
             self._publish(CLUSTER_TOPIC, {"type": "leader_changed", "index": entry.index,
                                           "term": entry.term, "auction": None})
             return None
-        request = self.service.take_proposed(entry.index, entry.data)
-        if request is not None:
-            reply = self.state.apply_request(entry.index, entry.term, request)
+        if proposed is not None:  # our own proposal: no need to decode what we encoded
+            reply = self.state.apply_request(entry.index, entry.term, proposed)
         else:
             reply = self.state.apply(entry.index, entry.term, entry.data)
         for event in self.state.drain_events():
@@ -127,22 +137,13 @@ class AuctionNode:
     def restore(self, data: bytes) -> None:
         self.state.restore(data)
 
-    # --- hooks -------------------------------------------------------------------------------
+    # --- loop hooks ----------------------------------------------------------------------------
 
-    def on_message(self, event: FromRouter | FromPeer | FromSub) -> None:
-        if isinstance(event, FromRouter):
-            self.service.on_router(event)
-        elif isinstance(event, FromPeer):
-            self.service.on_peer(event)
+    def on_inbound(self, frame: Inbound) -> None:
+        self.service.on_inbound(frame)
 
-    def on_tick(self) -> None:
-        now = time.monotonic()
-        if now < self._next_duty:
-            return
-        self._next_duty = now + DUTY_INTERVAL_S
-        self.service.expire_forwards()
-        if self.runtime.role == Role.LEADER:
-            self._leader_duties()
+    def on_peer_reply(self, reply: PeerReply) -> None:
+        self.service.on_peer_reply(reply)
 
     def on_role_change(self, soft: SoftState) -> None:
         self._closing.clear()
@@ -150,6 +151,23 @@ class AuctionNode:
         if soft.role == Role.LEADER:
             log.info("elected leader for term %d", soft.term)
             self._leader_duties()  # open the default auction without waiting for a tick
+
+    def before_ready(self, now: float) -> bool:
+        if now >= self._next_duty:
+            self._next_duty = now + DUTY_INTERVAL_S
+            self.service.expire_forwards()
+            if self.runtime.role == Role.LEADER:
+                self._leader_duties()
+        self.service.serve_backlog()
+        return self.service.has_backlog
+
+    def after_iteration(self) -> None:
+        # Events wait for the end of the iteration: one PUB message per topic carries all of
+        # its events (a send per event cost more CPU than the rest of a bid).
+        for topic, events in self._outbox.items():
+            self.runtime.publish(topic, pack(events))
+        self._outbox.clear()
+        self.service.flush_replies()
 
     # --- the live feed -------------------------------------------------------------------------
 
@@ -167,29 +185,12 @@ class AuctionNode:
         self._publish(FEED_PREFIX + auction.encode(), event)
 
     def _publish(self, topic: bytes, event: dict) -> None:
-        # Events wait for the end of the Ready: one PUB message per topic carries all of a
-        # batch's events (a send per event cost more CPU than the rest of a bid).
         self._outbox.setdefault(topic, []).append(event)
-
-    def before_ready(self) -> None:
-        self.service.serve_backlog()
-
-    @property
-    def has_backlog(self) -> bool:
-        return self.service.has_backlog
-
-    def on_iteration_end(self) -> None:
-        self.service.flush_replies()
-
-    def on_applied(self) -> None:
-        for topic, events in self._outbox.items():
-            self.transport.publish(topic, pack(events))
-        self._outbox.clear()
 
     # --- leader duties: time enters the log only through entries the leader commits -----------
 
     def _leader_duties(self) -> None:
-        term = self.runtime.core.term
+        term = self.runtime.term
         if self._default_proposed_term != term and not self._has_default():
             self._default_proposed_term = term
             self._propose_internal(EnsureDefault(duration_ms=self.opts.auction_duration_ms))
@@ -200,7 +201,7 @@ class AuctionNode:
 
     def _has_default(self) -> bool:
         try:
-            self.state.result("default")
+            self.state.result(DEFAULT_AUCTION)
             return True
         except UnknownAuction:
             return False
@@ -220,22 +221,23 @@ class AuctionNode:
     # --- status ----------------------------------------------------------------------------------
 
     def status(self) -> dict:
-        core = self.runtime.core
-        age = 0.0 if core.role == Role.LEADER else time.monotonic() - self.runtime.last_leader_contact
+        rt = self.runtime.status()
+        core = rt.core
         return {
             "addr": self.opts.addr, "cluster": self.cluster_id, "role": core.role.value,
             "term": core.term, "leader": core.leader, "commit_index": core.commit,
-            "applied_index": core.applied, "last_index": core.log.last_index,
-            "snapshot_index": core.log.offset, "heartbeat_age_ms": round(age * 1000, 1),
+            "applied_index": core.applied, "last_index": core.last_index,
+            "snapshot_index": core.snapshot_index,
+            "heartbeat_age_ms": round(rt.heartbeat_age_s * 1000, 1),
             "uptime_s": round(time.monotonic() - self.started, 1),
-            "pub": self.transport.pub_endpoint, "members": list(self.opts.members),
-            "rejected_peer_messages": self.runtime.rejected_peer_messages,
+            "pub": rt.pub_endpoint, "members": list(self.opts.members),
+            "rejected_peer_messages": rt.rejected_peer_messages,
             "bad_requests": self.service.bad_requests,
             "busy_replies": self.service.busy_replies,
             "client_requests": self.service.client_requests,
             "pending_writes": self.service.pending_writes,
-            "loop": dict(self.runtime.stats),
-            "transport": dataclasses.asdict(self.transport.stats),
+            "loop": rt.loop,
+            "transport": dataclasses.asdict(rt.transport),
         }
 
     # --- running ----------------------------------------------------------------------------------
@@ -254,8 +256,5 @@ class AuctionNode:
             self.close()
 
     def close(self) -> None:
-        self.runtime.snapshotter.close()
-        self.runtime.flush()
-        self.transport.close()
-        self.storage.close()
+        self.runtime.close()
         log.info("node %s stopped", self.opts.addr)

@@ -10,15 +10,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import Any, Protocol
 
+from brokerless.application import Inbound, PeerReply
 from brokerless.core import NotLeader
-from brokerless.runtime import Overloaded, ProposalLost, Runtime
-from brokerless.transport.zeromq import FromPeer, FromRouter
+from brokerless.runtime import Callback, Overloaded, ProposalLost
 from brokerless.types import Role
 from brokerless.wire import WireError, pack, unpack
 from zauction.auction.commands import (
+    DEFAULT_AUCTION,
     Bid,
     CloseAuction,
     InvalidCommand,
@@ -64,13 +66,58 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class Replicator(Protocol):
+    """What the service needs of the runtime (brokerless.runtime.Runtime is one)."""
+
+    max_pending: int
+
+    @property
+    def role(self) -> Role: ...
+
+    @property
+    def leader(self) -> str | None: ...
+
+    @property
+    def saturated(self) -> bool: ...
+
+    def propose(self, data: bytes, callback: Callback, *, proposed: Any = None) -> int: ...
+
+    def read(self, callback: Callback) -> None: ...
+
+    def reply(self, origin: bytes, kind: bytes, payload: bytes) -> bool: ...
+
+    def send(self, peer: str, kind: bytes, payload: bytes) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A request read but not served yet."""
+
+    arrival: float
+    request: ClientRequest
+    frame: bytes | None  # the request's own frame, if it came alone (forwarded as it is)
+    respond: Respond
+    forwarded: bool  # forwarded to us by another node (never forwarded again)
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A request this node forwarded to the leader and still waits to hear about."""
+
+    respond: Respond
+    deadline: float
+    leader: str  # the node it went to
+    rid: int  # the client's request id
+
+
 class Service:
-    def __init__(self, runtime: Runtime, state: AuctionState, status: Callable[[], dict]):
+    def __init__(self, runtime: Replicator, state: AuctionState, status: Callable[[], dict],
+                 clock: Callable[[], float] = time.monotonic):
         self.runtime = runtime
         self.state = state
         self.status = status
-        # fid -> (respond, deadline, leader it went to, the client's rid)
-        self._forwards: dict[int, tuple[Respond, float, str, int]] = {}
+        self.clock = clock
+        self._forwards: dict[int, Forward] = {}  # by forward id
         self._fids = count(1)
         self.bad_requests = 0
         self.busy_replies = 0
@@ -78,11 +125,7 @@ class Service:
         # (client, seq) of each write proposed here and not yet applied -> who awaits it
         self._pending_writes: dict[tuple[str, int], list[tuple[int, Respond]]] = {}
         self._reply_box: dict[bytes, list[bytes]] = {}  # client identity -> replies to send
-        self._proposed: dict[int, tuple[bytes, Request]] = {}  # log index -> what we proposed
-        # Requests read but not served yet:
-        # (arrival, request, its own frame or None, respond, forwarded by another node)
-        self._backlog: deque[tuple[float, ClientRequest, bytes | None, Respond, bool]] = deque()
-        self.clock: Callable[[], float] = time.monotonic
+        self._backlog: deque[Waiting] = deque()
 
     @property
     def pending_writes(self) -> int:
@@ -91,15 +134,15 @@ class Service:
 
     # --- entry points from the loop ----------------------------------------------------
 
-    def on_router(self, event: FromRouter) -> None:
+    def on_inbound(self, event: Inbound) -> None:
         if event.kind == CLIENT_KIND:
-            self._on_client(event.identity, event.payload)
+            self._on_client(event.origin, event.payload)
         elif event.kind == FORWARD_KIND:
             self._on_forwarded(event)
         else:
             self.bad_requests += 1
 
-    def on_peer(self, event: FromPeer) -> None:
+    def on_peer_reply(self, event: PeerReply) -> None:
         if event.kind != FORWARD_REPLY_KIND:
             return
         try:
@@ -110,23 +153,25 @@ class Service:
             return
         pending = self._forwards.pop(fid, None) if type(fid) is int else None
         if pending is not None and type(reply) is bytes:
-            pending[0](reply)
+            pending.respond(reply)
 
     def expire_forwards(self) -> None:
-        now = time.monotonic()
-        for fid, (respond, deadline, _, rid) in list(self._forwards.items()):
-            if deadline <= now:
+        now = self.clock()
+        for fid, fwd in list(self._forwards.items()):
+            if fwd.deadline <= now:
                 del self._forwards[fid]
-                respond(error_reply(rid, ErrorCode.TIMEOUT, "the leader did not answer in time"))
+                fwd.respond(error_reply(fwd.rid, ErrorCode.TIMEOUT,
+                                        "the leader did not answer in time"))
 
     def leader_changed(self, leader: str | None) -> None:
         """Requests forwarded to a former leader will likely never be answered: tell their
         clients now (outcome unknown), so they retry at once instead of timing out."""
-        for fid, (respond, _, to, rid) in list(self._forwards.items()):
-            if to != leader:
+        for fid, fwd in list(self._forwards.items()):
+            if fwd.leader != leader:
                 del self._forwards[fid]
-                respond(error_reply(rid, ErrorCode.OUTCOME_UNKNOWN,
-                                    f"leader changed from {to} while forwarding", leader=leader))
+                fwd.respond(error_reply(fwd.rid, ErrorCode.OUTCOME_UNKNOWN,
+                                        f"leader changed from {fwd.leader} while forwarding",
+                                        leader=leader))
 
     # --- one request -----------------------------------------------------------------------
 
@@ -163,7 +208,7 @@ class Service:
             self._busy(req.rid, respond, f"{MAX_BACKLOG} requests already waiting; retry shortly")
             return
         when = self.clock() if arrival is None else arrival
-        self._backlog.append((when, req, payload, respond, forwarded))
+        self._backlog.append(Waiting(when, req, payload, respond, forwarded))
 
     @property
     def has_backlog(self) -> bool:
@@ -181,12 +226,12 @@ class Service:
         # Refusing a stale write is cheap but not free: at most 4x the budget per iteration.
         while backlog and served < REQUESTS_PER_ITERATION and popped < 4 * REQUESTS_PER_ITERATION:
             popped += 1
-            arrival, req, payload, respond, forwarded = backlog.popleft()
-            if arrival < stale_before and req.op in WRITE_OPS:
-                self._busy(req.rid, respond, f"waited over {MAX_QUEUE_WAIT_S * 1000:.0f} ms "
-                                             "to be served; retry shortly")
+            job = backlog.popleft()
+            if job.arrival < stale_before and job.request.op in WRITE_OPS:
+                self._busy(job.request.rid, job.respond, f"waited over "
+                           f"{MAX_QUEUE_WAIT_S * 1000:.0f} ms to be served; retry shortly")
             else:
-                self._serve(req, payload, respond, forwarded)
+                self._serve(job.request, job.frame, job.respond, job.forwarded)
                 served += 1
 
     def _serve(self, req: ClientRequest, payload: bytes | None, respond: Respond,
@@ -216,7 +261,7 @@ class Service:
         return lambda data: self._reply_box.setdefault(ident, []).append(data)
 
     def _reply_now(self, ident: bytes, data: bytes) -> None:
-        self.runtime.transport.reply(ident, CLIENT_KIND, data)
+        self.runtime.reply(ident, CLIENT_KIND, data)
 
     def flush_replies(self) -> None:
         """Send the replies gathered for `stream` clients (once per loop iteration)."""
@@ -251,13 +296,13 @@ class Service:
 
     def _forward(self, leader: str, payload: bytes, respond: Respond, rid: int) -> None:
         fid = next(self._fids)
-        self._forwards[fid] = (respond, time.monotonic() + FORWARD_TIMEOUT_S, leader, rid)
-        sent = self.runtime.transport.send(leader, FORWARD_KIND, pack({"fid": fid, "req": payload}))
+        self._forwards[fid] = Forward(respond, self.clock() + FORWARD_TIMEOUT_S, leader, rid)
+        sent = self.runtime.send(leader, FORWARD_KIND, pack({"fid": fid, "req": payload}))
         if not sent:
             del self._forwards[fid]
             respond(error_reply(rid, ErrorCode.UNAVAILABLE, "leader unreachable"))
 
-    def _on_forwarded(self, event: FromRouter) -> None:
+    def _on_forwarded(self, event: Inbound) -> None:
         try:
             body = unpack(event.payload)
             fid, inner = body["fid"], body["req"]
@@ -266,10 +311,10 @@ class Service:
         except (WireError, KeyError, TypeError):
             self.bad_requests += 1
             return
-        transport, ident = self.runtime.transport, event.identity
+        runtime, origin = self.runtime, event.origin
 
         def respond(data: bytes) -> None:
-            transport.reply(ident, FORWARD_REPLY_KIND, pack({"fid": fid, "reply": data}))
+            runtime.reply(origin, FORWARD_REPLY_KIND, pack({"fid": fid, "reply": data}))
 
         req = self._decode_or_refuse(inner, respond)
         if req is not None:  # queued like a client's own: the same bound on work per iteration
@@ -308,12 +353,12 @@ class Service:
 
         def done(result: Any, error: BaseException | None) -> None:
             self._pending_writes.pop(key, None)
-            self._proposed.pop(index, None)  # applied (then already gone) or lost
             for waiter_rid, reply_to in waiters:
                 reply_to(self._write_reply(waiter_rid, result, error))
 
         try:
-            index = self.runtime.propose(data, done)
+            # The request itself rides along: apply() gets it back instead of decoding `data`.
+            self.runtime.propose(data, done, proposed=request)
         except NotLeader as exc:
             respond(error_reply(rid, ErrorCode.NOT_LEADER, str(exc), leader=exc.leader))
             return
@@ -321,16 +366,6 @@ class Service:
             self._busy(rid, respond, str(exc))
             return
         self._pending_writes[key] = waiters
-        self._proposed[index] = (data, request)
-
-    def take_proposed(self, index: int, data: bytes) -> Request | None:
-        """The decoded request proposed here at `index`, if the committed entry there is still
-        the very payload proposed (a later leader may have replaced it): spares the leader
-        decoding its own bytes again at apply."""
-        proposed = self._proposed.pop(index, None)
-        if proposed is None or proposed[0] is not data:
-            return None
-        return proposed[1]
 
     def _busy(self, rid: int, respond: Respond, why: str) -> None:
         self.busy_replies += 1
@@ -347,7 +382,7 @@ class Service:
     def _command(req: ClientRequest) -> Bid | OpenAuction | CloseAuction:
         b = req.body
         if req.op == "bid":
-            return Bid(b.get("auction", "default"), b["bidder"], b["amount"])
+            return Bid(b.get("auction", DEFAULT_AUCTION), b["bidder"], b["amount"])
         if req.op == "close":
             return CloseAuction(b["auction"])
         opens = b.get("opens_at_ms") or now_ms()
@@ -385,7 +420,7 @@ class Service:
             respond(error_reply(req.rid, ErrorCode.NOT_LEADER, str(exc), leader=exc.leader))
 
     def _answer_read(self, req: ClientRequest, respond: Respond) -> None:
-        auction = req.body.get("auction", "default")
+        auction = req.body.get("auction", DEFAULT_AUCTION)
         try:
             if type(auction) is not str:
                 raise ProtocolError("'auction' must be a string")
