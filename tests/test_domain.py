@@ -39,6 +39,7 @@ from zauction.auction.domain import (
     Reply,
     UnknownAuction,
     event_from_dict,
+    last_feed_seq,
     reply_from_dict,
     reply_to_dict,
 )
@@ -248,7 +249,7 @@ def test_malformed_payloads_get_invalid_reply_and_change_nothing(driver: Driver,
     assert (reply.ok, reply.reason) == (False, Reason.INVALID)
     assert reply.detail
     assert content(driver.state) == before
-    assert driver.state.drain_events()[-1] == BidAccepted(2, 1, "a", "bob", 200)
+    assert driver.state.drain_events()[-1] == BidAccepted(2, 1, "a", "bob", 200, seq=1)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -379,7 +380,7 @@ def test_close_names_the_winner_and_is_idempotent(driver: Driver) -> None:
     assert (again.ok, again.winner, again.amount, again.detail) == (True, "bob", 300,
                                                                     "already closed")
     closes = [e for e in driver.state.drain_events() if isinstance(e, AuctionClosed)]
-    assert closes == [AuctionClosed(driver.index - 1, 1, "a", "bob", 300)]
+    assert closes == [AuctionClosed(driver.index - 1, 1, "a", "bob", 300, seq=3)]
     assert driver.state.due_to_close(10**9) == []
 
 
@@ -504,11 +505,12 @@ def test_events_record_committed_changes_with_index_and_term() -> None:
     events = d.state.drain_events()
     assert [e.to_dict() for e in events] == [
         {"index": 1, "term": 1, "type": "auction_opened", "auction": "a", "item": "a lamp",
-         "reserve": 100, "increment": 10, "opens_at_ms": 1_000, "closes_at_ms": 5_000},
+         "reserve": 100, "increment": 10, "opens_at_ms": 1_000, "closes_at_ms": 5_000,
+         "seq": 0},
         {"index": 3, "term": 1, "type": "bid_accepted", "auction": "a", "bidder": "alice",
-         "amount": 120},
+         "amount": 120, "seq": 1},
         {"index": 4, "term": 3, "type": "auction_closed", "auction": "a", "winner": "alice",
-         "amount": 120},
+         "amount": 120, "seq": 2},
     ]
     assert [event_from_dict(e.to_dict()) for e in events] == events
     assert d.state.drain_events() == []
@@ -522,14 +524,138 @@ def test_pending_events_are_bounded_oldest_dropped() -> None:
     assert [e.index for e in d.state.drain_events()] == [2, 3]
 
 
+# --- the feed's per-auction seq, and gap filling ----------------------------------------------
+
+FAR_MS = 10**12
+
+
+def open_far(name: str) -> OpenAuction:
+    return OpenAuction(name, name, reserve=1, increment=1, opens_at_ms=0, closes_at_ms=FAR_MS)
+
+
+def test_events_carry_their_feed_seq_per_auction() -> None:
+    d = Driver()
+    d.send(open_far("a"))
+    d.bid("bo", 5)
+    d.send(open_far("b"))
+    d.bid("bo", 6, auction="b")
+    d.bid("bo", 7)
+    d.bid("bo", 1)  # refused: no event, no seq
+    d.send(CloseAuction("a"))
+    d.send(CloseAuction("a"))  # already closed: no second close event
+    d.send(CloseAuction("b"))
+    seqs = [(e.auction, type(e).__name__, e.seq) for e in d.state.drain_events()]
+    assert seqs == [("a", "AuctionOpened", 0), ("a", "BidAccepted", 1),
+                    ("b", "AuctionOpened", 0), ("b", "BidAccepted", 1),
+                    ("a", "BidAccepted", 2), ("a", "AuctionClosed", 3),
+                    ("b", "AuctionClosed", 2)]
+
+
+def test_seq_continues_after_a_restore_though_the_snapshot_does_not_store_it() -> None:
+    d = Driver()
+    d.send(open_far("a"))
+    d.bid("bo", 5)
+    d.bid("bo", 6)
+    snap = d.state.snapshot()
+    resumed = Driver(AuctionState.from_snapshot(snap))
+    resumed.bid("bo", 7)
+    resumed.send(CloseAuction("a"))
+    assert [e.seq for e in resumed.state.drain_events()] == [3, 4]
+    assert msgpack.unpackb(snap, raw=False)[0] == 2  # the snapshot format is unchanged
+
+
+def test_last_feed_seq_counts_the_close() -> None:
+    d = Driver()
+    d.send(open_far("a"))
+    assert last_feed_seq(d.state.result("a")) == 0
+    d.bid("bo", 5)
+    d.bid("bo", 6)
+    assert last_feed_seq(d.state.result("a")) == 2
+    d.send(CloseAuction("a"))
+    assert last_feed_seq(d.state.result("a")) == 3
+
+
+def retaining_five() -> Driver:
+    """Auction "a" with 12 accepted bids (amounts 101..112, seq n = amount - 100, log index
+    n + 1) of which only the last 5 are retained."""
+    d = Driver(AuctionState(max_pending_events=1, max_retained_bids=5))
+    d.send(open_far("a"))
+    for amount in range(101, 113):
+        d.bid("bo", amount)
+    return d
+
+
+def test_events_after_gives_the_current_state_when_missed_bids_are_gone() -> None:
+    d = retaining_five()
+    state = d.state
+    reset, *rest = state.events_after("a", 2)
+    assert reset == {"type": "snapshot", "auction": "a", "seq": 7, "state": state.result("a")}
+    assert [(e["type"], e["seq"], e["amount"]) for e in rest] == [
+        ("bid_accepted", seq, 100 + seq) for seq in range(8, 13)]
+    assert [e["seq"] for e in state.events_after("a", 7)] == [8, 9, 10, 11, 12]
+    assert [e["seq"] for e in state.events_after("a", 10)] == [11, 12]
+    d.send(CloseAuction("a"))
+    d.send(open_far("b"))
+    for amount in range(1, 6):
+        d.bid("bo", amount, auction="b")
+    reset, closed = state.events_after("a", 0)  # a kept no record: state, then the close
+    assert (reset["type"], reset["seq"], reset["state"]["state"]) == ("snapshot", 12, "closed")
+    assert (closed["type"], closed["seq"], closed["amount"]) == ("auction_closed", 13, 112)
+    assert state.events_after("a", 13) == []
+
+
+def test_events_after_rebuilds_bids_and_close_in_the_documented_shape() -> None:
+    d = retaining_five()
+    assert d.state.events_after("a", 11) == [
+        {"type": "bid_accepted", "auction": "a", "seq": 12, "index": 13, "bidder": "bo",
+         "amount": 112}]
+    d.send(CloseAuction("a"))
+    assert d.state.events_after("a", 12) == [
+        {"type": "auction_closed", "auction": "a", "seq": 13, "winner": "bo", "amount": 112}]
+    d.send(open_far("empty"))
+    d.send(CloseAuction("empty"))
+    assert d.state.events_after("empty", 0) == [
+        {"type": "auction_closed", "auction": "empty", "seq": 1, "winner": None,
+         "amount": None}]
+    assert d.state.events_after("empty", 1) == []
+
+
+def test_events_after_of_an_unknown_auction_raises() -> None:
+    with pytest.raises(UnknownAuction):
+        AuctionState().events_after("nope", 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32))
+def test_rebuilt_events_agree_with_the_live_ones(seed: int) -> None:
+    """With every bid retained, events_after(a, 0) is the live feed of `a` after its opening,
+    without the term; each auction's live seqs count up by one from 0."""
+    state = AuctionState()
+    feed(state, random_stream(seed, 300))
+    live: dict[str, list[dict[str, Any]]] = {}
+    for event in state.drain_events():
+        live.setdefault(event.auction, []).append(event.to_dict())
+    for auction, events in live.items():
+        if auction not in {a["auction"] for a in state.auctions()}:
+            continue
+        assert [e["seq"] for e in events] == list(range(len(events)))
+        assert last_feed_seq(state.result(auction)) == events[-1]["seq"]
+        rebuilt = state.events_after(auction, 0)
+        kept = ("type", "auction", "seq", "bidder", "amount", "winner")
+        assert ([{k: e[k] for k in kept if k in e} for e in rebuilt]
+                == [{k: e[k] for k in kept if k in e} for e in events[1:]])
+        assert ([e["index"] for e in rebuilt if e["type"] == "bid_accepted"]
+                == [e["index"] for e in events if e["type"] == "bid_accepted"])
+
+
 @pytest.mark.parametrize("bad", [
     [], {"type": "bid_accepted"}, {"type": "nope"}, {"type": ["x"]},
     {"index": 1, "term": 1, "type": "bid_accepted", "auction": "a", "bidder": "b",
-     "amount": "1"},
+     "amount": "1", "seq": 1},
     {"index": 1, "term": 1, "type": "bid_accepted", "auction": "a", "bidder": None,
-     "amount": 1},
+     "amount": 1, "seq": 1},
     {"index": 1, "term": 1, "type": "auction_closed", "auction": "a", "winner": None,
-     "amount": None, "extra": 1},
+     "amount": None, "seq": 1, "extra": 1},
 ])
 def test_event_from_dict_rejects_malformed_events(bad: Any) -> None:
     with pytest.raises(InvalidEvent):

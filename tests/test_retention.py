@@ -29,7 +29,6 @@ from zauction.auction.domain import (
     Reply,
     UnknownAuction,
 )
-from zauction.server.service import events_after
 
 FAR = 10**12  # a deadline no test reaches
 
@@ -319,17 +318,17 @@ def test_events_after_gives_the_current_state_when_missed_bids_are_gone() -> Non
     replica = small(max_retained_bids=5)
     replica.feed([opening("a"), *bids("a", 101, 12)])
     state = replica.state
-    reset, *rest = events_after(state, "a", 2)
+    reset, *rest = state.events_after("a", 2)
     assert reset == {"type": "snapshot", "auction": "a", "seq": 7, "state": state.result("a")}
     assert [(e["type"], e["seq"], e["amount"]) for e in rest] == [
         ("bid_accepted", seq, 100 + seq) for seq in range(8, 13)]
-    assert [e["seq"] for e in events_after(state, "a", 7)] == [8, 9, 10, 11, 12]
-    assert [e["seq"] for e in events_after(state, "a", 10)] == [11, 12]
+    assert [e["seq"] for e in state.events_after("a", 7)] == [8, 9, 10, 11, 12]
+    assert [e["seq"] for e in state.events_after("a", 10)] == [11, 12]
     replica.feed([internal(CloseAuction("a")), opening("b"), *bids("b", 1, 5)])
-    reset, closed = events_after(state, "a", 0)  # a kept no record: state, then the close
+    reset, closed = state.events_after("a", 0)  # a kept no record: state, then the close
     assert (reset["type"], reset["seq"], reset["state"]["state"]) == ("snapshot", 12, "closed")
     assert (closed["type"], closed["seq"], closed["amount"]) == ("auction_closed", 13, 112)
-    assert events_after(state, "a", 13) == []
+    assert state.events_after("a", 13) == []
 
 
 # --- determinism and snapshots -----------------------------------------------------------------

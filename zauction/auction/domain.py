@@ -124,6 +124,23 @@ def reply_from_dict(data: object) -> Reply:
 
 # --- events for the live feed --------------------------------------------------------
 
+# Each auction numbers its feed events: the opening is 0, the accepted bids 1..n in order,
+# the close n + 1. A subscriber detects a gap when a seq skips one (docs/protocol.md). The
+# events carry their seq from the moment they are made, and events_after numbers rebuilt
+# events the same way, so this numbering exists only here.
+OPENED_SEQ = 0
+
+
+def closed_seq(bids_total: int) -> int:
+    """The seq of the close of an auction that accepted `bids_total` bids."""
+    return bids_total + 1
+
+
+def last_feed_seq(summary: dict[str, Any]) -> int:
+    """The seq of the last event of an auction, from its result() map (the feed compares it
+    with the last seq it delivered)."""
+    return closed_seq(summary["bids"]) if summary["state"] == "closed" else summary["bids"]
+
 
 @dataclass(frozen=True, slots=True)
 class AuctionOpened:
@@ -135,6 +152,7 @@ class AuctionOpened:
     increment: int
     opens_at_ms: int
     closes_at_ms: int
+    seq: int  # always OPENED_SEQ; kept so that every event has one
 
     def to_dict(self) -> dict[str, Any]:
         return _event_dict(self, "auction_opened")
@@ -147,6 +165,7 @@ class BidAccepted:
     auction: str
     bidder: str
     amount: int
+    seq: int
 
     def to_dict(self) -> dict[str, Any]:
         return _event_dict(self, "bid_accepted")
@@ -159,6 +178,7 @@ class AuctionClosed:
     auction: str
     winner: str | None
     amount: int | None
+    seq: int
 
     def to_dict(self) -> dict[str, Any]:
         return _event_dict(self, "auction_closed")
@@ -171,7 +191,8 @@ _EVENT_TYPES: dict[str, type] = {
     "auction_closed": AuctionClosed,
 }
 _NULLABLE_EVENT_FIELDS = frozenset({"winner", "amount"})
-# Each event type's fields after index and term, in declaration order (the dict's key order).
+# Each event type's fields after index and term, in declaration order (the dict's key order:
+# seq last, where the feed has always put it).
 _EVENT_PAYLOAD_FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name not in ("index", "term"))
     for cls in _EVENT_TYPES.values()
@@ -528,7 +549,9 @@ class AuctionState:
         if refusal is None:
             # Interned: a bidder's name is then stored once, not once per bid.
             self._retention.accept(auction, (index, sys.intern(bidder), amount, ts_ms))
-            self._events.append(BidAccepted(index, term, name, bidder, amount))
+            # The bid's seq is its rank among the auction's accepted bids.
+            self._events.append(BidAccepted(index, term, name, bidder, amount,
+                                            auction.bids_total))
         # Positional arguments (ok, reason, auction, bidder, amount, high, min_next) because
         # this line runs for every bid and keyword passing costs a measurable 0.5 us.
         return Reply(refusal is None, refusal, name, bidder, amount, auction.high_amount,
@@ -540,7 +563,8 @@ class AuctionState:
         self._auctions[cmd.auction] = _Auction(cmd)
         self._open.add(cmd.auction)
         self._events.append(AuctionOpened(index, term, cmd.auction, cmd.item, cmd.reserve,
-                                          cmd.increment, cmd.opens_at_ms, cmd.closes_at_ms))
+                                          cmd.increment, cmd.opens_at_ms, cmd.closes_at_ms,
+                                          OPENED_SEQ))
         return Reply(ok=True, auction=cmd.auction, min_next=cmd.reserve)
 
     def _close(self, index: int, term: int, ts_ms: int, cmd: CloseAuction) -> Reply:
@@ -556,7 +580,8 @@ class AuctionState:
         self._open.discard(cmd.auction)
         for forgotten in self._retention.on_close(auction):
             del self._auctions[forgotten.auction]
-        self._events.append(AuctionClosed(index, term, cmd.auction, winner, amount))
+        self._events.append(AuctionClosed(index, term, cmd.auction, winner, amount,
+                                          closed_seq(auction.bids_total)))
         return Reply(ok=True, auction=cmd.auction, winner=winner, amount=amount, high=amount)
 
     def _ensure_default(self, index: int, term: int, ts_ms: int, cmd: EnsureDefault) -> Reply:
@@ -583,7 +608,7 @@ class AuctionState:
         return self._get(auction).summary()
 
     def bid_count(self, auction: str) -> int:
-        """Accepted bids ever, retained or not (cheap: the feed numbers its events with it)."""
+        """Accepted bids ever, retained or not (cheap: no summary is built)."""
         return self._get(auction).bids_total
 
     def history(self, auction: str, after_seq: int = 0) -> list[dict[str, Any]]:
@@ -597,6 +622,33 @@ class AuctionState:
     def history_start_seq(self, auction: str) -> int:
         """Feed seq of history(auction)[0]; bid_count + 1 when no bid is retained."""
         return self._get(auction).first_retained_seq
+
+    def events_after(self, auction: str, after_seq: int) -> list[dict[str, Any]]:
+        """The auction's feed events with seq > after_seq, rebuilt from the state, for a
+        subscriber filling a gap (the `events` request; survives snapshots).
+
+        When bids after `after_seq` are no longer retained, a "snapshot" event carrying the
+        auction's current result (seq = the last bid not retained) comes first, so the
+        subscriber resets to the current state and then receives the retained events.
+        Rebuilt events have no term (it is not kept), and the opening is never rebuilt."""
+        found = self._get(auction)
+        start = found.first_retained_seq
+        events: list[dict[str, Any]] = []
+        if start > after_seq + 1:
+            events.append({"type": "snapshot", "auction": auction, "seq": start - 1,
+                           "state": found.summary()})
+        seq = max(start, after_seq + 1)
+        for index, bidder, amount, _ in islice(found.bids, seq - start, None):
+            events.append({"type": "bid_accepted", "auction": auction, "seq": seq,
+                           "index": index, "bidder": bidder, "amount": amount})
+            seq += 1
+        if found.closed and closed_seq(found.bids_total) > after_seq:
+            high = found.high
+            events.append({"type": "auction_closed", "auction": auction,
+                           "seq": closed_seq(found.bids_total),
+                           "winner": high[1] if high else None,
+                           "amount": high[2] if high else None})
+        return events
 
     def auctions(self) -> list[dict[str, Any]]:
         """Every auction known (open, or among the last max_closed_auctions closed), by id."""

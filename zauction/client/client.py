@@ -9,7 +9,6 @@ gets its socket closed and reopened, and the next server is tried.
 from __future__ import annotations
 
 import itertools
-import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,49 +17,36 @@ from typing import Any
 import zmq
 
 from brokerless.wire import WireError, pack, unpack
-from zauction.protocol import (
-    CLIENT_KIND,
-    ErrorCode,
-    ProtocolError,
-    decode_reply,
+from zauction.client.errors import (
+    BadRequest,
+    BidRejected,
+    ClientError,
+    ClusterUnavailable,
+    RequestTimeout,
+    UnknownAuctionError,
+    error_for,
 )
+from zauction.client.feed import FeedWatcher
+from zauction.client.replies import (
+    RETRY_PAUSE_S,
+    BackOff,
+    Done,
+    Failed,
+    Rejected,
+    Verdict,
+    backoff_s,
+    busy_pause_s,
+    classify,
+)
+from zauction.protocol import CLIENT_KIND, ProtocolError, decode_reply
+
+# Importable from here, where callers have always found them.
+__all__ = ["AuctionClient", "BadRequest", "BidRejected", "ClientError", "ClusterUnavailable",
+           "RequestTimeout", "UnknownAuctionError", "busy_pause_s", "endpoint"]
 
 DEFAULT_SERVERS = ("localhost:8001", "localhost:8002", "localhost:8003")
-RETRY_PAUSE_S = 0.05
-MAX_BUSY_PAUSE_MS = 5_000  # a larger retry_after_ms from a node is not believed
 CONNECT_WAIT_S = 0.2  # how long a request waits for a TCP connection to a node
-DISCONNECT_CHECK_S = 0.02  # while waiting for a reply, how often to check the node is still there  # between rounds when no node knows a leader (an election is running)
-
-
-class ClientError(Exception):
-    """Base of the errors AuctionClient raises."""
-
-
-class BidRejected(ClientError):
-    """The cluster judged the request and refused it; `reason` is a code such as below_increment."""
-
-    def __init__(self, reason: str, message: str, result: dict | None = None):
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.result = result or {}
-
-
-class BadRequest(ClientError):
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        self.reason = reason or "invalid"
-
-
-class UnknownAuctionError(ClientError):
-    pass
-
-
-class ClusterUnavailable(ClientError):
-    """No node answered, or none knew a leader, before the deadline."""
-
-
-class RequestTimeout(ClusterUnavailable):
-    """Nodes answered but the request did not complete in time; its outcome is unknown."""
+DISCONNECT_CHECK_S = 0.02  # while waiting for a reply, how often to check the node is still there
 
 
 def endpoint(server: str) -> str:
@@ -109,20 +95,29 @@ class AuctionClient:
         return self.call("events", auction=auction, after_seq=after_seq)
 
     def status(self) -> list[dict]:
-        """One entry per server: its status, or {"addr", "role": "unreachable"}."""
-        out = []
-        for server in self.servers:
-            try:
-                out.append(self._attempt(server, {"op": "status"}, self.attempt_timeout))
-            except _NoAnswer:
-                out.append({"addr": server, "role": "unreachable"})
-        return out
+        """One entry per server: its status, or {"addr", "role": "unreachable"} when it gave
+        none (no answer, or too busy to serve it)."""
+        return [self._status_of(server) for server in self.servers]
+
+    def _status_of(self, server: str) -> dict:
+        try:
+            verdict = self._attempt(server, {"op": "status"}, self.attempt_timeout)
+        except _NoAnswer:
+            return {"addr": server, "role": "unreachable"}
+        if isinstance(verdict, Done):
+            return verdict.result
+        if isinstance(verdict, (Rejected, Failed)):
+            raise error_for(verdict)
+        return {"addr": server, "role": "unreachable"}  # too busy to say, for now
 
     def watch(self, auction: str | None = None) -> Iterator[dict]:
-        from zauction.client.feed import FeedWatcher
-
         with FeedWatcher(self, auction) as watcher:
             yield from watcher
+
+    @property
+    def context(self) -> zmq.Context:
+        """The ZeroMQ context of this client's sockets (a FeedWatcher makes its SUB here)."""
+        return self._ctx
 
     def close(self) -> None:
         for sock in self._sockets.values():
@@ -154,26 +149,29 @@ class AuctionClient:
                         f"{op} did not complete within {self.timeout:.1f}s "
                         f"(servers: {', '.join(self.servers)})")
                 try:
-                    return self._attempt(server, body, min(left, self.attempt_timeout))
+                    verdict = self._attempt(server, body, min(left, self.attempt_timeout))
                 except _NoAnswer:
                     continue
-                except _Retry as retry:
-                    answered = True
-                    if retry.leader in self.servers:
-                        self._preferred = retry.leader
-                    if retry.busy is not None:  # the leader is saturated: back off, ask again
-                        refusals += 1
-                        pause = busy_pause_s(retry.busy, refusals)
-                        self._pause(min(pause, max(0.0, deadline - time.monotonic())))
-                        break
+                if isinstance(verdict, Done):
+                    return verdict.result
+                if isinstance(verdict, (Rejected, Failed)):
+                    raise error_for(verdict)
+                answered = True
+                if isinstance(verdict, BackOff):  # the leader is saturated: wait, ask it again
+                    refusals += 1
+                    self._pause_until(deadline, backoff_s(verdict.pause_s, refusals))
+                    break  # _attempt made the busy node the preferred one
+                if verdict.leader in self.servers:
+                    self._preferred = verdict.leader
             else:  # nobody completed it this round: pause before the next
-                self._pause(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
+                self._pause_until(deadline, RETRY_PAUSE_S)
 
     def _order(self) -> list[str]:
         rest = [s for s in self.servers if s != self._preferred]
         return [self._preferred, *rest]
 
-    def _attempt(self, server: str, body: dict, timeout: float) -> Any:
+    def _attempt(self, server: str, body: dict, timeout: float) -> Verdict:
+        """Ask `server` once: its verdict on the request, or _NoAnswer."""
         rid = next(self._rids)
         sock = self._socket(server)
         # With IMMEDIATE the socket is writable only while connected: a node that is down
@@ -190,7 +188,7 @@ class AuctionClient:
             self._drop_socket(server)  # Lazy Pirate: a late answer must not be read later
             raise _NoAnswer
         self._preferred = server
-        return _result_or_raise(reply)
+        return classify(reply)
 
     def _await(self, sock: zmq.Socket, rid: int, timeout: float) -> dict | None:
         deadline = time.monotonic() + timeout
@@ -227,9 +225,9 @@ class AuctionClient:
         if sock is not None:
             sock.close(linger=0)
 
-    def _pause(self, seconds: float) -> None:
+    def _pause_until(self, deadline: float, seconds: float) -> None:
         # A retry back-off between rounds, not a synchronization: nothing is awaited here.
-        time.sleep(seconds)
+        time.sleep(min(seconds, max(0.0, deadline - time.monotonic())))
 
     def pub_endpoint(self, server: str, timeout: float = 1.0) -> str | None:
         """Ask a node where its PUB socket listens (the HELLO of docs/protocol.md)."""
@@ -251,35 +249,4 @@ class AuctionClient:
 
 
 class _NoAnswer(Exception):
-    pass
-
-
-class _Retry(Exception):
-    def __init__(self, leader: str | None, busy: dict | None = None):
-        self.leader = leader
-        self.busy = busy  # the `busy` reply, when the node is saturated
-
-
-def busy_pause_s(reply: dict, refusals: int = 1) -> float:
-    """The back-off after the `refusals`-th `busy` answer to one request: the node's hint,
-    doubled per earlier refusal (up to 32x) so a backlog of waiting clients does not keep
-    a saturated leader busy refusing them, with jitter so they do not come back in step."""
-    hint = reply.get("retry_after_ms")
-    base = hint / 1000 if type(hint) is int and 0 < hint <= MAX_BUSY_PAUSE_MS else RETRY_PAUSE_S
-    return base * 2 ** min(max(refusals, 1) - 1, 5) * random.uniform(1.0, 2.0)
-
-
-def _result_or_raise(reply: dict) -> Any:
-    if reply["ok"]:
-        return reply.get("result")
-    code, message = reply.get("error"), str(reply.get("message", ""))
-    if code in (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE, ErrorCode.OUTCOME_UNKNOWN,
-                ErrorCode.TIMEOUT):
-        raise _Retry(reply.get("leader") if type(reply.get("leader")) is str else None)
-    if code == ErrorCode.BUSY:
-        raise _Retry(None, reply)
-    if code == ErrorCode.REJECTED:
-        raise BidRejected(str(reply.get("reason")), message, reply.get("result"))
-    if code == ErrorCode.UNKNOWN_AUCTION:
-        raise UnknownAuctionError(message)
-    raise BadRequest(message, reply.get("reason"))
+    """The node did not answer this attempt (down, unreachable, or too slow)."""

@@ -172,11 +172,7 @@ class AuctionNode:
     # --- the live feed -------------------------------------------------------------------------
 
     def _publish_event(self, event: dict) -> None:
-        auction = event["auction"]
-        bids = self.state.bid_count(auction)
-        kind = event["type"]
-        # Per-auction feed sequence: 0 opened, 1..n the accepted bids, n+1 closed.
-        event["seq"] = {"auction_opened": 0, "bid_accepted": bids}.get(kind, bids + 1)
+        auction, kind = event["auction"], event["type"]  # the domain numbered it (seq)
         if kind == "bid_accepted":
             log.debug("bid accepted: %s %s on %s", event["bidder"], event["amount"], auction)
         elif kind == "auction_closed":

@@ -441,27 +441,5 @@ class Service:
         after = body.get("after_seq", 0)
         if type(after) is not int:
             raise ProtocolError("'after_seq' must be an integer")
-        return events_after(state, auction, after)
+        return state.events_after(auction, after)
 
-
-def events_after(state: AuctionState, auction: str, after_seq: int) -> list[dict]:
-    """The auction's feed events with seq > after_seq, rebuilt from state (survives snapshots).
-
-    When bids after `after_seq` are no longer retained, a "snapshot" event carrying the
-    auction's current result (seq = the last bid not retained) comes first, so the
-    subscriber resets to the current state and then receives the retained events."""
-    summary = state.result(auction)
-    start = state.history_start_seq(auction)
-    events: list[dict] = []
-    if start > after_seq + 1:
-        events.append({"type": "snapshot", "auction": auction, "seq": start - 1,
-                       "state": summary})
-    first = max(start, after_seq + 1)
-    for seq, bid in enumerate(state.history(auction, after_seq), start=first):
-        events.append({"type": "bid_accepted", "auction": auction, "seq": seq,
-                       "index": bid["index"], "bidder": bid["bidder"], "amount": bid["amount"]})
-    if summary["state"] == "closed" and summary["bids"] + 1 > after_seq:
-        winner = summary.get("winner") or {}
-        events.append({"type": "auction_closed", "auction": auction, "seq": summary["bids"] + 1,
-                       "winner": winner.get("bidder"), "amount": winner.get("amount")})
-    return events

@@ -35,14 +35,17 @@ import zmq
 from hdrh.histogram import HdrHistogram
 
 from brokerless.wire import pack
-from zauction.client.client import AuctionClient, ClientError, busy_pause_s, endpoint
-from zauction.protocol import (
-    CLIENT_KIND,
-    ErrorCode,
-    ProtocolError,
-    decode_replies,
-    request_frames,
+from zauction.client.client import AuctionClient, ClientError, endpoint
+from zauction.client.replies import (
+    BackOff,
+    Done,
+    Rejected,
+    Retry,
+    Verdict,
+    backoff_s,
+    classify,
 )
+from zauction.protocol import CLIENT_KIND, ProtocolError, decode_replies, request_frames
 from zauction.tools.checker import FinalState, Rules
 from zauction.tools.history import OK, REJECTED, UNKNOWN, BidOp, HistoryWriter
 
@@ -55,8 +58,6 @@ RETRY_BACKOFF_S = 0.02  # before retrying when no node knows a leader (an electi
 CONNECT_WAIT_S = 2.0  # at start, how long to wait for the connections to the nodes
 AUCTION_MARGIN_S = 120.0  # auctions stay open this long past the run (drain, retries, check)
 LATENCY_MAX_US = 600_000_000  # histogram range: 1 us .. 10 min, 3 significant digits
-RETRYABLE = frozenset({ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE, ErrorCode.OUTCOME_UNKNOWN,
-                       ErrorCode.TIMEOUT})
 
 
 class LoadError(Exception):
@@ -571,50 +572,54 @@ class _Engine:
                 self.view.observe(reply.get("result"))
             return
         op = self.pending.get(rid) if type(rid) is int else None
+        verdict = classify(reply)
         if op is not None:
-            self._on_op_reply(op, node, reply)
-        elif rid == 0 and reply.get("error") in RETRYABLE:
-            self._on_anonymous_failure(node, reply)
+            self._on_verdict(op, node, rid, verdict)
+        elif rid == 0 and isinstance(verdict, Retry):
+            self._on_anonymous_failure(node, verdict)
 
-    def _on_anonymous_failure(self, node: str, reply: dict) -> None:
+    def _on_anonymous_failure(self, node: str, verdict: Retry) -> None:
         """A node failed one of the requests it forwarded (its leader changed or timed out)
         but answered with rid 0, so we cannot tell which: retry every op waiting there. A
         retry keeps its seq, so the ops that were fine after all are still applied once."""
         self.stats.errors["unmatched_reply"] += 1
-        self.view.hint(reply.get("leader"))
+        self.view.hint(verdict.leader)
         for op in [op for op in self.in_flight if op.node == node and op.attempt_rid]:
             self._attempt(op, avoid=node)
 
-    def _on_op_reply(self, op: _Op, node: str, reply: dict) -> None:
-        result = reply.get("result")
-        if reply["ok"]:
-            self._finish(op, OK, None, result)
-            return
-        code = reply.get("error")
-        if code == ErrorCode.REJECTED:
-            self._finish(op, REJECTED, str(reply.get("reason")), result)
-        elif code == ErrorCode.BUSY:
-            self.stats.errors[str(code)] += 1
-            if op.attempt_rid == reply.get("rid"):
-                op.attempt_rid = 0  # the attempt is over: its timer must not fire again
-                op.refusals += 1
-                pause = busy_pause_s(reply, op.refusals)
-                self._timer(time.monotonic_ns() + _ns(pause), _BUSY, op)
-        elif code in RETRYABLE:
-            self.stats.errors[str(code)] += 1
-            hint = reply.get("leader")
-            self.view.hint(hint)
-            if op.attempt_rid != reply.get("rid"):
-                return  # an old attempt's answer: the current attempt is still out
-            if hint in self.view.servers and hint != node:
-                self._attempt(op, avoid=node)
-            else:
-                op.attempt_rid = 0  # the attempt is over: its timer must not fire again
-                self._timer(time.monotonic_ns() + _ns(RETRY_BACKOFF_S), _RETRY, op)
+    def _on_verdict(self, op: _Op, node: str, rid: int, verdict: Verdict) -> None:
+        if isinstance(verdict, Done):
+            self._finish(op, OK, None, verdict.result)
+        elif isinstance(verdict, Rejected):
+            self._finish(op, REJECTED, str(verdict.reason), verdict.result)
+        elif isinstance(verdict, BackOff):
+            self._back_off(op, rid, verdict)
+        elif isinstance(verdict, Retry):
+            self._retry(op, node, rid, verdict)
         else:
-            # unknown_auction, bad_request...: final answers that are our bug, not load.
-            self.stats.errors[str(code)] += 1
-            self._finish(op, REJECTED, str(reply.get("reason") or code), result)
+            # Failed (unknown_auction, bad_request...): final answers that are our bug, not load.
+            self.stats.errors[verdict.code] += 1
+            self._finish(op, REJECTED, verdict.reason or verdict.code, verdict.result)
+
+    def _back_off(self, op: _Op, rid: int, verdict: BackOff) -> None:
+        self.stats.errors["busy"] += 1
+        if op.attempt_rid != rid:
+            return  # an old attempt's answer: the current attempt is still out
+        op.attempt_rid = 0  # the attempt is over: its timer must not fire again
+        op.refusals += 1
+        pause = backoff_s(verdict.pause_s, op.refusals)
+        self._timer(time.monotonic_ns() + _ns(pause), _BUSY, op)
+
+    def _retry(self, op: _Op, node: str, rid: int, verdict: Retry) -> None:
+        self.stats.errors[verdict.code] += 1
+        self.view.hint(verdict.leader)
+        if op.attempt_rid != rid:
+            return  # an old attempt's answer: the current attempt is still out
+        if verdict.leader in self.view.servers and verdict.leader != node:
+            self._attempt(op, avoid=node)
+        else:
+            op.attempt_rid = 0  # the attempt is over: its timer must not fire again
+            self._timer(time.monotonic_ns() + _ns(RETRY_BACKOFF_S), _RETRY, op)
 
     def _finish(self, op: _Op, outcome: str, reason: str | None, result: Any) -> None:
         now = time.monotonic_ns()
