@@ -332,6 +332,66 @@ def test_a_snapshot_resumes_where_the_follower_says() -> None:
     assert [(m.offset, m.chunk) for m in sent] == [(4, b"4567")]
 
 
+# --- compaction keeps what followers catching up still need ------------------------------
+
+
+def leader_with_a_follower_behind(**config: object) -> Core:
+    """n1 leads with a snapshot at 2 and n2 receiving it; n3 acknowledged 20 more entries,
+    so n1 committed and applied up to 23."""
+    snap = Snapshot(SnapshotMeta(2, 2), b"0123456789")
+    core = elect(make(hard=HardState(2, None, 2), snapshot=snap, snapshot_chunk_bytes=4,
+                      **config))
+    core.step(AppendResponse(3, "n2", "n1", False, 2, hint_index=0, hint_term=0))
+    for n in range(20):
+        core.propose(b"p%d" % n)
+    drain(core)
+    core.step(AppendResponse(3, "n3", "n1", True, core.log.last_index))
+    drain(core)
+    assert core.applied == core.log.last_index == 23
+    assert core.progress["n2"].state == ReplState.SNAPSHOT
+    return core
+
+
+def test_compaction_keeps_a_catch_up_tail_behind_the_snapshot() -> None:
+    core = leader_with_a_follower_behind(catchup_entries=5)
+    core.progress["n2"].recent_active = False  # it stopped answering: no hold for it
+    core.compact(23, b"state@23")
+    assert (core.snapshot_index, core.log.first_index) == (23, 19)
+    assert core.status().snapshot_index == 23 and core.status().first_index == 19
+
+
+def test_compaction_never_drops_what_a_follower_receiving_a_snapshot_needs() -> None:
+    core = leader_with_a_follower_behind(catchup_entries=0)
+    core.compact(23, b"state@23")
+    assert core.snapshot_index == 23 and core.log.first_index == 3  # n2 needs 3.. after 2
+    core.step(SnapshotResponse(3, "n2", "n1", 2, 10, True))  # n2 installed the one at 2
+    sent = [m for m in drain(core).messages if m.dst == "n2"]
+    assert sent and all(isinstance(m, Append) for m in sent), sent
+    assert sent[0].prev_index == 2 and [e.index for e in sent[0].entries][:1] == [3]
+
+
+def test_a_follower_that_caught_up_or_went_silent_holds_nothing() -> None:
+    core = leader_with_a_follower_behind(catchup_entries=0)
+    core.step(SnapshotResponse(3, "n2", "n1", 2, 10, True))
+    drain(core)
+    core.step(AppendResponse(3, "n2", "n1", True, 23))  # caught up with the commit
+    assert not core.progress["n2"].catching_up
+    core.compact(23, b"state@23")
+    assert core.log.first_index == 24
+
+
+def test_the_hold_for_a_follower_catching_up_is_bounded() -> None:
+    core = leader_with_a_follower_behind(catchup_entries=0, max_catchup_hold=6)
+    core.compact(23, b"state@23")
+    assert core.log.first_index == 18  # 23 - 6 + 1: beyond that it gets a newer snapshot
+
+
+def test_catch_up_settings_must_not_be_negative() -> None:
+    for bad in ({"catchup_entries": -1}, {"max_catchup_hold": -1}):
+        with pytest.raises(ValueError):
+            Config("n1", VOTERS, **bad)
+
+
 def test_a_follower_assembles_a_chunked_snapshot_and_resumes_after_a_gap() -> None:
     core = make(hard=HardState(3), log=entries(1))
     core.step(InstallSnapshot(3, "n2", "n1", 5, 3, 0, b"abcd", False))

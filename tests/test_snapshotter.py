@@ -98,9 +98,9 @@ def test_runtime_compacts_once_the_child_finishes_even_when_idle(tmp_path):
     rt.propose(b"x", lambda r, e: None)
     rt.process_ready()
     deadline = time.monotonic() + 10
-    while core.log.offset == 0 and time.monotonic() < deadline:
+    while core.snapshot_index == 0 and time.monotonic() < deadline:
         rt.process_ready()  # nothing new to do: only the finished child is left to pick up
         time.sleep(0.005)
     snap = storage.load().snapshot
-    assert core.log.offset >= 1 and snap is not None
+    assert core.snapshot_index >= 1 and snap is not None
     assert int(snap.data) == snap.meta.index  # one applied entry per index, NOOP included

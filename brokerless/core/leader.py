@@ -117,6 +117,8 @@ class LeaderMixin:
                 self._send_append(msg.src)
             return
         pr.acknowledge(msg.index)
+        if pr.catching_up and pr.match >= self.commit:
+            pr.catching_up = False
         if pr.state == ReplState.PROBE:
             pr.become_replicate()
         elif pr.state == ReplState.SNAPSHOT and pr.match >= pr.snap_index:

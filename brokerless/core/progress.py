@@ -16,6 +16,7 @@ class Progress:
     __slots__ = (
         "match", "next", "state", "inflight", "paused", "recent_active",
         "snap_index", "snap_offset", "snap", "ack_seq", "match_at_last_heartbeat",
+        "catching_up",
     )
 
     def __init__(self, next_index: int):
@@ -30,6 +31,9 @@ class Progress:
         self.snap = None  # the snapshot being sent; kept even if a newer one is taken meanwhile
         self.ack_seq = 0  # highest heartbeat seq this follower acknowledged in our term
         self.match_at_last_heartbeat = -1  # detects a follower that made no progress in a round
+        # From the start of a snapshot transfer until the follower reaches our commit index:
+        # while it answers, compaction keeps what it still needs (Core._compaction_point).
+        self.catching_up = False
 
     def become_probe(self) -> None:
         # After a snapshot the follower holds everything up to it, whatever match says.
@@ -52,6 +56,14 @@ class Progress:
         self.snap = snap
         self.snap_index = snap.meta.index
         self.snap_offset = 0
+        self.catching_up = True
+
+    def needed_from(self) -> int:
+        """The first index this follower still needs from our log: after the snapshot it is
+        receiving, else after what it matches."""
+        if self.state == ReplState.SNAPSHOT:
+            return self.snap_index + 1
+        return self.match + 1
 
     def acknowledge(self, index: int) -> bool:
         """A successful append up to `index`; returns whether anything advanced."""

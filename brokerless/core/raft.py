@@ -134,20 +134,37 @@ class Core(LeaderMixin):
             self._campaign(pre=self.cfg.pre_vote)
 
     def compact(self, index: int, data: bytes) -> Snapshot:
-        """The application snapshotted its state at applied `index`: drop the log before it."""
+        """The application snapshotted its state at applied `index`: the snapshot replaces
+        the log up to there, and the log drops what no follower should still need."""
         if index > self.applied:
             raise ValueError(f"cannot snapshot at {index}: only {self.applied} is applied")
         term = self.log.term(index)
-        if index <= self.log.offset or term is None:
+        if index <= self.snapshot_index or term is None:
             raise ValueError(f"cannot snapshot at {index}: already compacted")
-        self.log.compact(index)
         self.snapshot = Snapshot(SnapshotMeta(index, term), data)
+        self.log.compact(self._compaction_point(index))
         return self.snapshot
+
+    @property
+    def snapshot_index(self) -> int:
+        return self.snapshot.meta.index if self.snapshot is not None else 0
+
+    def _compaction_point(self, index: int) -> int:
+        """How far the log may be dropped after a snapshot at `index`: a catch-up tail
+        behind it, and (as leader) nothing that a follower catching up from a snapshot still
+        needs while it answers, within max_catchup_hold."""
+        keep_after = index - self.cfg.catchup_entries
+        if self.role == Role.LEADER:
+            floor = index - self.cfg.max_catchup_hold
+            for pr in self.progress.values():
+                if pr.catching_up and pr.recent_active:
+                    keep_after = min(keep_after, max(pr.needed_from() - 1, floor))
+        return max(keep_after, self.log.offset)
 
     def status(self) -> CoreStatus:
         """What the node's state is now, for everyone outside the core (read-only)."""
         return CoreStatus(self.role, self.term, self.leader, self.commit, self.applied,
-                          self.log.first_index, self.log.last_index, self.log.offset)
+                          self.log.first_index, self.log.last_index, self.snapshot_index)
 
     def ready(self) -> Ready:
         if self.role == Role.LEADER:

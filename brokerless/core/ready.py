@@ -26,6 +26,14 @@ class Config:
     max_inflight: int = 256  # appends in flight to one follower
     max_batch_entries: int = 4096  # entries in one append
     snapshot_chunk_bytes: int = 1 << 20
+    # Entries kept behind each snapshot, so a follower slightly behind it (restarted, or
+    # just done installing an older snapshot) catches up by appends, not another snapshot.
+    catchup_entries: int = 5000
+    # A leader keeps, beyond that tail, what a follower that is still answering needs
+    # (its match, or the snapshot it is receiving), up to this many entries behind a new
+    # snapshot: compaction never makes a transfer in progress useless, yet a follower
+    # that stops answering no longer holds the log back at the next compaction.
+    max_catchup_hold: int = 250_000
 
     def __post_init__(self) -> None:
         if self.id not in self.voters:
@@ -34,6 +42,8 @@ class Config:
             raise ValueError("duplicate voter ids")
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if self.catchup_entries < 0 or self.max_catchup_hold < 0:
+            raise ValueError("catchup_entries and max_catchup_hold must be >= 0")
 
     @property
     def quorum(self) -> int:

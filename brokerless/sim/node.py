@@ -84,6 +84,6 @@ class SimNode:
 
     def _maybe_snapshot(self) -> None:
         core = self.core
-        if self.snapshot_every and core.applied - core.log.offset >= self.snapshot_every:
+        if self.snapshot_every and core.applied - core.snapshot_index >= self.snapshot_every:
             snap = core.compact(core.applied, msgpack.packb(self.applied))
             self.disk.compact(snap)

@@ -28,6 +28,7 @@ class SimOptions:
     crashes: bool = True
     snapshot_every: int = 40  # applied entries between snapshots; 0 disables them
     snapshot_chunk_bytes: int = 1024  # small, so snapshots travel in many chunks
+    catchup_entries: int = 10  # short, so followers behind a snapshot still need one
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     propose_chance: float = 0.3
@@ -65,6 +66,7 @@ class Simulation:
             election_ticks=o.election_ticks,
             heartbeat_ticks=o.heartbeat_ticks,
             snapshot_chunk_bytes=o.snapshot_chunk_bytes,
+            catchup_entries=o.catchup_entries,
             max_batch_entries=16,
             max_inflight=8,
         )
