@@ -48,7 +48,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,9 @@ sys.path.insert(0, str(ROOT))
 
 from zauction.client.client import busy_pause_s  # noqa: E402
 from zauction.protocol import decode_replies, request_frames  # noqa: E402
-from zauction.tools.cluster import free_port_run, sigterm_as_interrupt, start_cluster  # noqa: E402
+from zauction.tools import cluster as local  # noqa: E402
+from zauction.tools.cluster import sigterm_as_interrupt  # noqa: E402
+from zauction.tools.ports import free_ports  # noqa: E402
 
 CLIENT_KIND = b"C"
 RETRYABLE = frozenset({"not_leader", "unavailable", "outcome_unknown", "timeout"})
@@ -80,104 +82,51 @@ class BenchError(Exception):
     """A cluster did not start, elect or recover as the benchmark needs."""
 
 
-# --- node processes ------------------------------------------------------------------------
+# --- node processes (zauction.tools.cluster: started, killed and stopped by PID) -------------
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class NodeSet:
-    """The node processes of one cluster, by client address; everything is stopped by PID."""
+    """One system under test: its name and the handle of its node processes, by client
+    address (PySyncObj nodes are addressed by their request server)."""
 
     name: str
-    root: Path
-    procs: dict[str, subprocess.Popen]
-    logs: dict[str, Path]
-    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    handle: local.ClusterHandle
 
     @property
     def servers(self) -> list[str]:
-        return list(self.procs)
-
-    def reap(self, addr: str) -> None:
-        """Collect a node the worker killed (SIGKILL, by the PID we gave it)."""
-        proc = self.procs[addr]
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # it was not killed after all: it must not stay behind
-            proc.wait(timeout=STOP_TIMEOUT_S)
-
-    def restart(self, addr: str) -> None:
-        """Start the same command again, on the same data directory."""
-        old = self.procs[addr]
-        with open(self.logs[addr], "ab") as out:
-            self.procs[addr] = subprocess.Popen(old.args, stdin=subprocess.DEVNULL, stdout=out,
-                                                stderr=out, env=self.env, start_new_session=True)
-
-    def stop(self) -> None:
-        live = [p for p in self.procs.values() if p.poll() is None]
-        for proc in live:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for proc in live:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT_S)
+        return self.handle.servers
 
     def exited(self) -> list[str]:
-        return [a for a, p in self.procs.items() if p.poll() is not None]
-
-    def last_log_line(self, addr: str) -> str:
-        try:
-            lines = self.logs[addr].read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return lines[-1] if lines else ""
-
-
-_next_port = [20000]  # clusters started together must not be handed the same free ports
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports, above any handed out before."""
-    base = free_port_run(count, start=_next_port[0])
-    _next_port[0] = base + count
-    return base
+        """Nodes that exited by themselves (not the ones we killed)."""
+        return [n.addr for n in local.exited_nodes(self.handle)]
 
 
 def start_zauction(root: Path, nodes: int, durability: str = "always",
                    name: str = "zauction") -> NodeSet:
-    handle = start_cluster(root, nodes=nodes, base_port=free_ports(nodes), host="127.0.0.1",
-                           auction_duration_ms=AUCTION_MS, durability=durability)
-    procs = {n.addr: handle.procs[n.pid] for n in handle.nodes}
-    logs = {n.addr: Path(n.log_file) for n in handle.nodes}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return NodeSet(name, root, procs, logs, env)
+    handle = local.start_cluster(root, ports=free_ports(nodes), host="127.0.0.1",
+                                 auction_duration_ms=AUCTION_MS, durability=durability)
+    return NodeSet(name, handle)
 
 
 def start_pso(root: Path, nodes: int, extra: list[str], name: str = "pysyncobj") -> NodeSet:
-    base = free_ports(2 * nodes)
-    raft = [f"127.0.0.1:{base + i}" for i in range(nodes)]
-    serve = [f"127.0.0.1:{base + nodes + i}" for i in range(nodes)]
+    ports = free_ports(2 * nodes)
+    raft = [f"127.0.0.1:{port}" for port in ports[:nodes]]
+    serve = ports[nodes:]
     script = str(ROOT / "scripts" / "pso_node.py")
-    procs: dict[str, subprocess.Popen] = {}
-    logs = {addr: root / f"{addr.replace(':', '_')}.log" for addr in serve}
-    nodeset = NodeSet(name, root, procs, logs)
-    root.mkdir(parents=True, exist_ok=True)
+    planned = []
+    for i, port in enumerate(serve):
+        addr = f"127.0.0.1:{port}"
+        peers = ",".join(f"{raft[j]}=127.0.0.1:{serve[j]}" for j in range(nodes) if j != i)
+        data_dir = root / f"pso-{i}"
+        cmd = [sys.executable, script, "--raft", raft[i], "--serve", addr, "--peers", peers,
+               "--data-dir", str(data_dir), *extra]
+        planned.append(local.NodeProcess(addr, port, 0, data_dir,
+                                         root / f"{addr.replace(':', '_')}.log", cmd))
     try:
-        for i in range(nodes):
-            peers = ",".join(f"{raft[j]}={serve[j]}" for j in range(nodes) if j != i)
-            cmd = [sys.executable, script, "--raft", raft[i], "--serve", serve[i],
-                   "--peers", peers, "--data-dir", str(root / f"pso-{i}"), *extra]
-            with open(logs[serve[i]], "ab") as out:
-                procs[serve[i]] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                                   stderr=out, start_new_session=True)
-    except OSError as exc:
-        nodeset.stop()
+        return NodeSet(name, local.launch(local.ClusterHandle(root, tuple(planned))))
+    except local.ClusterError as exc:
         raise BenchError(f"cannot start a PySyncObj node: {exc}") from exc
-    return nodeset
 
 
 # --- status and leaders (ZeroMQ clients: these run in the worker process) ---------------------
@@ -706,7 +655,8 @@ def wait_leader(nodes: NodeSet, worker: Worker, timeout: float) -> str:
 
 def _check_running(nodes: NodeSet) -> None:
     if nodes.exited():
-        raise BenchError(f"{nodes.name}: node(s) {nodes.exited()} exited (logs in {nodes.root})")
+        raise BenchError(f"{nodes.name}: node(s) {nodes.exited()} exited (logs in "
+                         f"{nodes.handle.root})")
 
 
 def settle(nodes: NodeSet, worker: Worker) -> str:
@@ -730,11 +680,11 @@ def wait_caught_up(nodes: NodeSet, worker: Worker, addr: str, timeout: float) ->
 
 
 def failover_round(nodes: NodeSet, worker: Worker, plan: Plan) -> float | None:
-    pids = {addr: proc.pid for addr, proc in nodes.procs.items()}
+    pids = {n.addr: n.pid for n in nodes.handle.nodes}
     killed, took = worker.call(kill_leader_under_load, nodes.servers, pids,
                                plan.failover_inflight, plan.warmup, plan.failover_limit)
-    nodes.reap(killed)
-    nodes.restart(killed)
+    local.kill_node(nodes.handle, killed)  # killed by the worker: reaped here (SIGKILL if not)
+    local.restart_node(nodes.handle, killed)
     wait_caught_up(nodes, worker, killed, 30.0)
     return took
 
@@ -829,12 +779,13 @@ class Bench:
     def revive(self, name: str, nodes: NodeSet) -> None:
         """A node that died on its own (not one we killed) is recorded, restarted, and caught
         up before the next measurement: the run goes on, the crash is reported."""
-        for addr in nodes.exited():
-            crash = {"addr": addr, "code": nodes.procs[addr].returncode,
-                     "last_log_line": nodes.last_log_line(addr)}
+        for node in local.exited_nodes(nodes.handle):
+            addr = node.addr
+            crash = {"addr": addr, "code": node.exit_code,
+                     "last_log_line": local.log_tail(node, 1)}
             self.res[name].setdefault("crashes", []).append(crash)
             say(f"{name}: node {addr} exited by itself ({crash}); restarting it")
-            nodes.restart(addr)
+            local.restart_node(nodes.handle, addr)
             wait_caught_up(nodes, self.worker, addr, 60.0)
 
     def closed_point(self, nodes: NodeSet, inflight: int) -> dict:
@@ -1070,8 +1021,8 @@ def stop_all(clusters: list[NodeSet], worker: Worker) -> None:
     """The nodes first (they must not outlive us), then the worker; one failure stops no other."""
     for nodes in clusters:
         try:
-            nodes.stop()
-        except (OSError, subprocess.SubprocessError) as exc:
+            local.stop_cluster(nodes.handle, STOP_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError, local.ClusterError) as exc:
             say(f"{nodes.name}: could not stop every node: {exc}")
     try:
         worker.close()

@@ -1,6 +1,7 @@
 """Durability benchmark: millions of bids into a local cluster with snapshots on.
 
-A benchmark, not a test. It starts `python -m zauction node` processes on free ports, drives
+A benchmark, not a test. It starts `python -m zauction node` processes on free ports (through
+zauction.tools.cluster, like `zauction cluster up` and the tests), drives
 bids with a pipelined client (one DEALER to the leader, `--window` client ids with one write in
 flight each, replies matched by rid) and, at each milestone of committed bids, prints:
 
@@ -24,10 +25,8 @@ import argparse
 import itertools
 import json
 import os
+import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,11 +42,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from brokerless.wire import pack  # noqa: E402
-from zauction.client.client import AuctionClient, endpoint  # noqa: E402
+from zauction.client.client import AuctionClient, ClientError, endpoint  # noqa: E402
 from zauction.protocol import CLIENT_KIND, ErrorCode, decode_reply  # noqa: E402
+from zauction.tools import cluster as local  # noqa: E402
+from zauction.tools.ports import free_ports  # noqa: E402
 
 READY_DEADLINE_S = 600.0  # a restart on 10M bids restores a large snapshot
 STALL_DEADLINE_S = 120.0  # no reply at all for this long: the run is broken
+# brokerless.runtime's line: "snapshot at index N (B bytes) in T ms, of which S ms storing it"
+SNAPSHOT_LINE = re.compile(r"brokerless\.runtime: snapshot at index \d+ \((\d+) bytes\) in ([\d.]+) ms")
 RETRYABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.OUTCOME_UNKNOWN, ErrorCode.TIMEOUT})
 
 
@@ -55,121 +58,82 @@ class BenchError(Exception):
     """The cluster did not do what the benchmark needs (no leader, a stall, a lost bid)."""
 
 
-# --- a local cluster of node processes -------------------------------------------------------------
+# --- a local cluster of node processes (zauction.tools.cluster) ----------------------------------
 
 
-@dataclass(slots=True)
-class BenchNode:
-    addr: str
-    data_dir: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+def start_nodes(root: Path, size: int, durability: str, snapshot_every: int,
+                wrapper: list[str] | None = None,
+                node_args: list[str] | None = None) -> local.ClusterHandle:
+    """`size` nodes on free ports under `root`; `node_args` are extra `zauction node` options
+    (retention caps), `wrapper` scripts/probed_node.py's arguments (a memory probe), if any."""
+    return local.start_cluster(
+        root, ports=free_ports(size), host="127.0.0.1", auction_duration_ms=3_600_000,
+        durability=durability, launcher=probed_launcher(wrapper) if wrapper else
+        local.zauction_launcher,
+        node_args=["--snapshot-every", str(snapshot_every), "--log-level", "INFO",
+                   *(node_args or [])])
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
+def probed_launcher(wrapper: list[str]) -> local.Launcher:
+    """scripts/probed_node.py instead of `python -m zauction`; its probe writes next to the
+    node's log: <log>.mem."""
+
+    def launcher(node: local.NodeProcess) -> list[str]:
+        probe = [arg.replace("{mem}", f"{node.log_file}.mem") for arg in wrapper]
+        return [sys.executable, str(REPO / "scripts" / "probed_node.py"), *probe, "--"]
+
+    return launcher
+
+
+def crash_all(cluster: local.ClusterHandle) -> None:
+    """kill -9 every node and the snapshot child it may have forked (a machine crash takes
+    both; an orphan child would hold the store's lock until it is done)."""
+    for addr in cluster.servers:
+        local.kill_node(cluster, addr, with_children=True)
+
+
+def restart_all(cluster: local.ClusterHandle) -> None:
+    for addr in cluster.servers:
+        local.restart_node(cluster, addr)
+
+
+def stop(cluster: local.ClusterHandle) -> None:
+    local.stop_cluster(cluster, timeout=30.0)  # a node on a large store takes a while to close
+
+
+def statuses(cluster: local.ClusterHandle) -> list[dict]:
+    with AuctionClient(cluster.servers, attempt_timeout=0.5) as client:
+        return client.status()
+
+
+def wait_settled(cluster: local.ClusterHandle, deadline_s: float = READY_DEADLINE_S) -> str:
+    """Until one leader is agreed and every node applied == commit == last index."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        for node in local.exited_nodes(cluster):
+            raise BenchError(f"{node.addr} exited; see {node.log_file}")
+        leader = _settled_leader(statuses(cluster))
+        if leader is not None:
+            return leader
+        time.sleep(0.05)  # polling a condition with a deadline
+    raise BenchError(f"the cluster did not settle within {deadline_s:.0f}s")
+
+
+def find_leader(cluster: local.ClusterHandle, deadline_s: float = 30.0) -> str:
+    """The node that says it leads (under load: the nodes need not have settled)."""
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        return local.wait_for_leader(cluster.servers, time.monotonic() + deadline_s, cluster)
+    except (local.ClusterError, ClientError) as exc:
+        raise BenchError(str(exc)) from None
 
 
-class LocalCluster:
-    """N nodes on free ports under `root`; every process is ended by PID in `stop()`."""
+def rss_bytes(cluster: local.ClusterHandle) -> list[int]:
+    return [_vm_rss(n.pid) if n.alive else 0 for n in cluster.nodes]
 
-    def __init__(self, root: Path, size: int, durability: str, snapshot_every: int,
-                 wrapper: list[str] | None = None, node_args: list[str] | None = None):
-        self.root, self.durability, self.snapshot_every = root, durability, snapshot_every
-        self.node_args = node_args or []  # extra `zauction node` options (retention caps)
-        # scripts/probed_node.py arguments (smaller retention caps, a memory probe), if any
-        self.wrapper = wrapper or []
-        addrs = [f"127.0.0.1:{port}" for port in free_ports(size)]
-        self.nodes = [BenchNode(a, root / f"node{i}", root / f"node{i}.log")
-                      for i, a in enumerate(addrs)]
 
-    @property
-    def servers(self) -> list[str]:
-        return [n.addr for n in self.nodes]
-
-    def start(self) -> None:
-        for node in self.nodes:
-            node.data_dir.mkdir(parents=True, exist_ok=True)
-            peers = ",".join(n.addr for n in self.nodes if n is not node)
-            launcher = ([str(REPO / "scripts" / "probed_node.py"), *self.wrapper_for(node), "--"]
-                        if self.wrapper else ["-m", "zauction"])
-            cmd = [sys.executable, *launcher, "node", "--addr", node.addr,
-                   "--peers", peers, "--data-dir", str(node.data_dir),
-                   "--durability", self.durability, "--snapshot-every", str(self.snapshot_every),
-                   "--auction-duration", "1h", "--log-level", "INFO", *self.node_args]
-            with open(node.log_path, "ab") as log:
-                node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, cwd=REPO)
-
-    def wrapper_for(self, node: BenchNode) -> list[str]:
-        """The probe writes next to the node's log: <log>.mem."""
-        return [arg.replace("{mem}", str(node.log_path) + ".mem") for arg in self.wrapper]
-
-    def kill_all(self) -> None:
-        """kill -9 every node and the snapshot child it may have forked (a machine crash
-        takes both; an orphan child would hold the store's lock until it is done)."""
-        for node in self.nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                children = _child_pids(node.proc.pid)
-                os.kill(node.proc.pid, signal.SIGKILL)
-                node.proc.wait()
-                for pid in children:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        continue
-
-    def stop(self) -> None:
-        running = [n.proc for n in self.nodes if n.proc is not None and n.proc.poll() is None]
-        for proc in running:
-            os.kill(proc.pid, signal.SIGTERM)
-        for proc in running:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    def statuses(self) -> list[dict]:
-        with AuctionClient(self.servers, attempt_timeout=0.5) as client:
-            return client.status()
-
-    def wait_settled(self, deadline_s: float = READY_DEADLINE_S) -> str:
-        """Until one leader is agreed and every node applied == commit == last index."""
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            for node in self.nodes:
-                if node.proc is None or node.proc.poll() is not None:
-                    raise BenchError(f"{node.addr} exited; see {node.log_path}")
-            leader = _settled_leader(self.statuses())
-            if leader is not None:
-                return leader
-            time.sleep(0.05)  # polling a condition with a deadline
-        raise BenchError(f"the cluster did not settle within {deadline_s:.0f}s")
-
-    def find_leader(self, deadline_s: float = 30.0) -> str:
-        """The node that says it leads (under load: the nodes need not have settled)."""
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            leaders = [s["addr"] for s in self.statuses() if s.get("role") == "leader"]
-            if len(leaders) == 1:
-                return leaders[0]
-            time.sleep(0.05)  # polling a condition with a deadline
-        raise BenchError(f"no leader within {deadline_s:.0f}s")
-
-    def rss_bytes(self) -> list[int]:
-        return [_vm_rss(n.proc.pid) if n.proc else 0 for n in self.nodes]
-
-    def disk_bytes(self) -> list[int]:
-        return [sum(f.stat().st_size for f in n.data_dir.iterdir() if f.is_file())
-                for n in self.nodes]
+def disk_bytes(cluster: local.ClusterHandle) -> list[int]:
+    return [sum(f.stat().st_size for f in n.data_dir.iterdir() if f.is_file())
+            for n in cluster.nodes]
 
 
 def _settled_leader(statuses: list[dict]) -> str | None:
@@ -185,19 +149,12 @@ def _settled_leader(statuses: list[dict]) -> str | None:
     return leaders.pop()
 
 
-def _child_pids(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
 class PeakMemory(threading.Thread):
     """Samples each node's memory plus that of the snapshot child it may have forked, and keeps
     the peak. PSS (proportional set size), so that pages the child shares copy-on-write with
     its parent are counted once, not twice as the two RSS would."""
 
-    def __init__(self, cluster: LocalCluster, every_s: float = 0.25):
+    def __init__(self, cluster: local.ClusterHandle, every_s: float = 0.25):
         super().__init__(daemon=True)
         self.cluster, self.every_s = cluster, every_s
         self.peaks = [0] * len(cluster.nodes)
@@ -206,9 +163,9 @@ class PeakMemory(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(self.every_s):
             for i, node in enumerate(self.cluster.nodes):
-                if node.proc is None or node.proc.poll() is not None:
+                if not node.alive:
                     continue
-                pids = [node.proc.pid, *_child_pids(node.proc.pid)]
+                pids = [node.pid, *local.child_pids(node.pid)]
                 self.peaks[i] = max(self.peaks[i], sum(_pss(pid) for pid in pids))
 
     def take(self) -> list[int]:
@@ -392,14 +349,13 @@ def compare_durability(args: argparse.Namespace, root: Path,
     rates: dict[str, list[float]] = {}
     for round_no in range(args.compare_rounds):
         for durability in ("always", "batch", "off"):
-            cluster = LocalCluster(root / f"compare-{durability}-{round_no}", args.nodes,
-                                   durability, args.snapshot_every)
+            cluster = start_nodes(root / f"compare-{durability}-{round_no}", args.nodes,
+                                  durability, args.snapshot_every)
             try:
-                cluster.start()
-                leader = cluster.wait_settled(60)
+                leader = wait_settled(cluster, 60)
                 rate = _timed_bids(cluster, leader, args, ctx)
             finally:
-                cluster.stop()
+                stop(cluster)
             rates.setdefault(durability, []).append(rate)
             print(f"durability {durability:6}: {rate:9,.0f} committed bids/s "
                   f"({args.compare_bids:,} bids, {args.nodes} node(s), window {args.window}; "
@@ -407,14 +363,14 @@ def compare_durability(args: argparse.Namespace, root: Path,
     return rates
 
 
-def _timed_bids(cluster: LocalCluster, leader: str, args: argparse.Namespace,
+def _timed_bids(cluster: local.ClusterHandle, leader: str, args: argparse.Namespace,
                 ctx: zmq.Context) -> float:
     auctions = Auctions(cluster.servers, duration_ms=3_600_000)
     pipe, tally = Pipeline(ctx, leader, args.window, "cmp"), Tally()
     try:
-        drive(pipe, auctions, tally, min(2_000, args.compare_bids), cluster.find_leader)
+        drive(pipe, auctions, tally, min(2_000, args.compare_bids), lambda: find_leader(cluster))
         started, before = time.monotonic(), tally.committed
-        drive(pipe, auctions, tally, args.compare_bids, cluster.find_leader)
+        drive(pipe, auctions, tally, args.compare_bids, lambda: find_leader(cluster))
         return (tally.committed - before) / (time.monotonic() - started)
     finally:
         pipe.close()
@@ -441,21 +397,20 @@ class Milestone:
 
 def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Milestone]:
     caps = ["--max-retained-bids", str(args.max_retained_bids)] if args.max_retained_bids else []
-    cluster = LocalCluster(root / "main", args.nodes, args.durability, args.snapshot_every,
-                           node_wrapper(args), caps)
+    cluster = start_nodes(root / "main", args.nodes, args.durability, args.snapshot_every,
+                          node_wrapper(args), caps)
     rows: list[Milestone] = []
     pipe: Pipeline | None = None
     memory = PeakMemory(cluster)
     try:
-        cluster.start()
         memory.start()
-        leader = cluster.wait_settled(60)
+        leader = wait_settled(cluster, 60)
         auctions, tally = Auctions(cluster.servers, args.auction_duration_ms), Tally()
         for milestone in args.milestones:
             pipe = Pipeline(ctx, leader, args.window, f"bench{len(rows)}")
             started, before = time.monotonic(), tally.committed
             for target in _rss_points(before, milestone, args.rss_every):
-                drive(pipe, auctions, tally, target, cluster.find_leader)
+                drive(pipe, auctions, tally, target, lambda: find_leader(cluster))
                 if target < milestone:
                     _print_live_rss(cluster, tally, auctions)
             rate = (tally.committed - before) / (time.monotonic() - started)
@@ -470,7 +425,7 @@ def main_run(args: argparse.Namespace, root: Path, ctx: zmq.Context) -> list[Mil
             pipe.close()
         if memory.is_alive():
             memory.stop()
-        cluster.stop()
+        stop(cluster)
     return rows
 
 
@@ -490,24 +445,24 @@ def _rss_points(start: int, milestone: int, every: int) -> list[int]:
     return [*range(start - start % every + every, milestone, every), milestone]
 
 
-def _print_live_rss(cluster: LocalCluster, tally: Tally, auctions: Auctions) -> None:
+def _print_live_rss(cluster: local.ClusterHandle, tally: Tally, auctions: Auctions) -> None:
     """The live nodes' RSS, without the restart a milestone does: memory of one process."""
-    rss = "/".join(f"{r / 1e6:,.0f}" for r in cluster.rss_bytes())
+    rss = "/".join(f"{r / 1e6:,.0f}" for r in rss_bytes(cluster))
     print(f"   live at {tally.committed:>11,} bids ({tally.accepted:,} accepted, "
           f"{len(auctions.opened)} auctions): RSS MB per node {rss}", flush=True)
 
 
-def _milestone(cluster: LocalCluster, tally: Tally, auctions: Auctions, rate: float,
+def _milestone(cluster: local.ClusterHandle, tally: Tally, auctions: Auctions, rate: float,
                peaks: list[int]) -> tuple[Milestone, str]:
     """Measure, then kill -9 every node and time the restart; check no accepted bid is lost."""
     load_average = os.getloadavg()[0]
-    leader = cluster.wait_settled()
-    status = next(s for s in cluster.statuses() if s["addr"] == leader)
-    rss, disk = cluster.rss_bytes(), cluster.disk_bytes()
-    cluster.kill_all()
+    leader = wait_settled(cluster)
+    status = next(s for s in statuses(cluster) if s["addr"] == leader)
+    rss, disk = rss_bytes(cluster), disk_bytes(cluster)
+    crash_all(cluster)
     started = time.monotonic()
-    cluster.start()
-    leader = cluster.wait_settled()
+    restart_all(cluster)
+    leader = wait_settled(cluster)
     restart_s = time.monotonic() - started
     with AuctionClient([leader], timeout=120) as client:
         stored = sum(a["bids"] for a in client.auctions() if a["auction"] in auctions.opened)
@@ -515,9 +470,9 @@ def _milestone(cluster: LocalCluster, tally: Tally, auctions: Auctions, rate: fl
         raise BenchError(f"{tally.accepted} bids accepted but {stored} after the restart")
     mb = 1 / 1e6
     row = Milestone(tally.committed, tally.accepted, rate, [r * mb for r in rss],
-                    [r * mb for r in cluster.rss_bytes()], [d * mb for d in disk],
+                    [r * mb for r in rss_bytes(cluster)], [d * mb for d in disk],
                     status["snapshot_index"], status["last_index"], len(auctions.opened),
-                    restart_s, _snapshot_stats(cluster.nodes[0].log_path), status["term"],
+                    restart_s, _snapshot_stats(cluster.nodes[0].log_file), status["term"],
                     tally.retried, load_average, [p * mb for p in peaks])
     return row, leader
 
@@ -526,10 +481,10 @@ def _snapshot_stats(log_path: Path) -> dict[str, float]:
     """From the node's log: how many snapshots, the last one's size, the longest pause."""
     sizes, pauses = [], []
     for line in log_path.read_text(errors="replace").splitlines():
-        if "brokerless.runtime: snapshot at index" in line:
-            words = line.split()
-            sizes.append(int(words[-5].lstrip("(")))
-            pauses.append(float(words[-2]))
+        found = SNAPSHOT_LINE.search(line)
+        if found:
+            sizes.append(int(found.group(1)))
+            pauses.append(float(found.group(2)))
     return {"count": len(sizes), "last_mb": (sizes[-1] / 1e6) if sizes else 0.0,
             "max_snapshot_ms": max(pauses, default=0.0)}
 

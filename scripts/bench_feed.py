@@ -36,6 +36,7 @@ import zmq
 
 from zauction.client.client import AuctionClient, ClientError
 from zauction.client.feed import FeedWatcher
+from zauction.tools import cluster as local
 from zauction.tools.cluster import sigterm_as_interrupt
 
 END_BIDDER = "__end__"
@@ -253,7 +254,7 @@ def run_feed(plan: FeedPlan, worker: bc.Worker, base: Path) -> list[dict]:
             points.append(point)
         return points
     finally:
-        nodes.stop()
+        local.stop_cluster(nodes.handle)
 
 
 def run_sizes(plan: FeedPlan, bench: bc.Plan, worker: bc.Worker, base: Path) -> dict[int, dict]:
@@ -266,7 +267,7 @@ def run_sizes(plan: FeedPlan, bench: bc.Plan, worker: bc.Worker, base: Path) -> 
             res = bc.measure_all({name: nodes}, worker, bench, {"peak", "failover"})
             out[size] = res[name]
         finally:
-            nodes.stop()
+            local.stop_cluster(nodes.handle)
     return out
 
 

@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_compare as bc  # noqa: E402
 
+from zauction.tools import cluster as local  # noqa: E402  (bench_compare put the checkout on sys.path)
+
 LEADER_LINE = re.compile(r"term (\d+): leader, leader ")
 
 
@@ -41,8 +43,8 @@ def cpu_seconds(pid: int) -> float:
 def leader_changes(nodes: bc.NodeSet) -> int:
     """Elections won after the first, from the node logs (each winner logs one line)."""
     terms = set()
-    for log in nodes.logs.values():
-        terms.update(LEADER_LINE.findall(log.read_text(errors="replace")))
+    for node in nodes.handle.nodes:
+        terms.update(LEADER_LINE.findall(node.log_file.read_text(errors="replace")))
     return max(0, len(terms) - 1)
 
 
@@ -61,7 +63,8 @@ def one_run(root: Path, args: argparse.Namespace) -> dict:
     try:
         leader = bc.settle_servers(nodes.servers)
         follower = next(a for a in nodes.servers if a != leader)
-        pids = {"leader": nodes.procs[leader].pid, "follower": nodes.procs[follower].pid}
+        pids = {"leader": nodes.handle.node(leader).pid,
+                "follower": nodes.handle.node(follower).pid}
         spies = start_profilers(pids, args.seconds, root) if args.profile else []
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         result = bc.closed_loop(nodes.servers, leader, args.inflight, args.seconds, 1.0)
@@ -80,7 +83,7 @@ def one_run(root: Path, args: argparse.Namespace) -> dict:
                       for addr, st in statuses.items()},
         }
     finally:
-        nodes.stop()
+        local.stop_cluster(nodes.handle)
 
 
 def main(argv: list[str] | None = None) -> int:

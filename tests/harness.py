@@ -1,4 +1,5 @@
-"""A real cluster for tests: N node processes on free 127.0.0.1 ports, one log file each.
+"""A real cluster for tests: N `zauction node` processes on free 127.0.0.1 ports, one log
+file each, run through zauction.tools.cluster (the API `zauction cluster up` uses too).
 
 Every wait is a condition polled until a deadline (`wait_until`); nothing sleeps to
 synchronize. `stop_all()` ends every process it started, by PID (SIGTERM, then SIGKILL after
@@ -14,18 +15,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from zauction.client.client import (
     AuctionClient,
@@ -34,9 +32,15 @@ from zauction.client.client import (
     ClusterUnavailable,
     UnknownAuctionError,
 )
+from zauction.tools import cluster as local
+from zauction.tools.cluster import NodeProcess as Node
+from zauction.tools.ports import free_ports
+
+__all__ = ["REPO", "Bidders", "BindFailed", "Cluster", "HarnessError", "Node", "Outcome",
+           "agreed_history", "assert_acked_present", "free_ports", "repo_env",
+           "running_cluster", "shows_logs", "wait_until"]
 
 REPO = Path(__file__).resolve().parent.parent
-NODE_SCRIPT = Path(__file__).resolve().with_name("node_proc.py")
 POLL_S = 0.02  # the interval at which conditions are polled
 LOG_TAIL_LINES = 40
 
@@ -68,47 +72,14 @@ def wait_until(condition: Callable[[], T], deadline_s: float, what: str,
 def repo_env() -> dict[str, str]:
     """This process's environment with the repository first on PYTHONPATH, for children that
     must import this checkout (installed or not)."""
-    paths = (str(REPO), os.environ.get("PYTHONPATH", ""))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports that were free a moment ago (all bound at once, then closed)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-@dataclass(slots=True)
-class Node:
-    addr: str
-    data_dir: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    paused: bool = False
-    log_file: IO[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def serving(self) -> bool:
-        return self.alive and not self.paused
+    return local.child_env(REPO)
 
 
 class Cluster:
     def __init__(self, workdir: Path, size: int = 3, *, auction_duration_ms: int = 100_000,
                  start_attempts: int = 3, node_args: Sequence[str] = (),
                  prepare: Callable[[Node], None] | None = None):
-        """`node_args` are extra node_proc.py flags for every node (--snapshot-every 50);
+        """`node_args` are extra `zauction node` options for every node (--snapshot-every 50);
         `prepare(node)` runs before a node's first start, to seed its data directory."""
         self.workdir = workdir
         self.size = size
@@ -116,9 +87,8 @@ class Cluster:
         self.start_attempts = start_attempts
         self.node_args = tuple(node_args)
         self.prepare = prepare
-        self.nodes: dict[str, Node] = {}
+        self.handle: local.ClusterHandle | None = None
         self._clients: list[AuctionClient] = []
-        self._attempt = 0
 
     def __enter__(self) -> Cluster:
         return self
@@ -126,62 +96,35 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
+    @property
+    def nodes(self) -> dict[str, Node]:
+        """Each node by address, in start order (empty before start())."""
+        return {n.addr: n for n in self.handle.nodes} if self.handle else {}
+
     # --- starting ---------------------------------------------------------------------------
 
     def start(self, ready_deadline_s: float = 10.0) -> Cluster:
         """Start every node on fresh ports; retry on new ports if one could not bind."""
         for attempt in range(1, self.start_attempts + 1):
-            self._attempt = attempt
-            ports = free_ports(self.size)
-            base = self.workdir / f"attempt{attempt}"
-            self.nodes = {}
-            for i, port in enumerate(ports):
-                addr = f"127.0.0.1:{port}"
-                self.nodes[addr] = Node(addr, base / f"node{i}", base / f"node{i}.log")
             try:
-                for addr in self.nodes:
-                    if self.prepare is not None:
-                        self.nodes[addr].data_dir.mkdir(parents=True, exist_ok=True)
-                        self.prepare(self.nodes[addr])
-                    self._spawn(self.nodes[addr])
-                for node in self.nodes.values():
-                    self._wait_serving(node, ready_deadline_s)
+                self.handle = local.start_cluster(
+                    self.workdir / f"attempt{attempt}", ports=free_ports(self.size),
+                    host="127.0.0.1", auction_duration_ms=self.auction_duration_ms,
+                    node_args=self.node_args, prepare=self.prepare)
+                self._wait_serving(ready_deadline_s)
                 return self
-            except BindFailed:
+            except (BindFailed, local.PortInUse):  # taken between free_ports() and start
                 self.stop_all()
         raise HarnessError(f"no free ports after {self.start_attempts} attempts\n{self.logs()}")
 
-    def _spawn(self, node: Node) -> None:
-        node.data_dir.mkdir(parents=True, exist_ok=True)
-        peers = ",".join(a for a in self.nodes if a != node.addr)
-        cmd = [sys.executable, str(NODE_SCRIPT), "--addr", node.addr, "--peers", peers,
-               "--data-dir", str(node.data_dir),
-               "--auction-duration-ms", str(self.auction_duration_ms), *self.node_args]
-        if node.log_file is None:
-            node.log_file = open(node.log_path, "ab")  # noqa: SIM115 (closed in stop_all)
-        node.log_file.write(f"---- harness: starting {node.addr}\n".encode())
-        node.log_file.flush()
-        node.proc = subprocess.Popen(cmd, stdout=node.log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=REPO, env=repo_env())
-        node.paused = False
-
-    def _wait_serving(self, node: Node, deadline_s: float) -> None:
-        """Until the node answers a status request (its ROUTER is bound) or its process died."""
-        probe = self.client([node.addr], attempt_timeout=0.2)
-
-        def answered() -> bool:
-            if not node.alive:
-                return True
-            return probe.status()[0]["role"] != "unreachable"
-
+    def _wait_serving(self, deadline_s: float, addrs: Iterable[str] | None = None) -> None:
+        """Until the nodes answer a status request (their ROUTER is bound)."""
         try:
-            wait_until(answered, deadline_s, f"{node.addr} to answer", self.logs)
-        finally:
-            self._forget(probe)
-        if not node.alive:
-            text = node.log_path.read_text(errors="replace")
-            error = BindFailed if "cannot bind" in text else HarnessError
-            raise error(f"{node.addr} exited with {node.proc.returncode}\n{self.logs()}")
+            local.wait_serving(self.handle, time.monotonic() + deadline_s, addrs)
+        except local.PortTaken as exc:
+            raise BindFailed(f"{exc}\n{self.logs()}") from None
+        except (local.ClusterError, ClusterUnavailable) as exc:
+            raise HarnessError(f"{exc}\n{self.logs()}") from None
 
     # --- observing ----------------------------------------------------------------------------
 
@@ -216,24 +159,17 @@ class Cluster:
     def others(self, addr: str) -> list[str]:
         return [a for a in self.nodes if a != addr]
 
-    def agreed_leader(self, addrs: Iterable[str] | None = None) -> tuple[str, int] | None:
-        """(leader, term) if exactly one of `addrs` leads and all of them agree on both."""
-        statuses = self.statuses(addrs)
-        leaders = [a for a, s in statuses.items() if s["role"] == "leader"]
-        terms = {s.get("term") for s in statuses.values()}
-        if len(leaders) != 1 or len(terms) != 1:
-            return None
-        leader = leaders[0]
-        if any(s["leader"] != leader for s in statuses.values()):
-            return None
-        return leader, terms.pop()
-
     def wait_for_leader(self, deadline_s: float = 10.0,
                         addrs: Iterable[str] | None = None) -> str:
+        """The leader once exactly one of `addrs` (default: the serving nodes) leads and all
+        of them agree on it and on the term."""
         addrs = list(addrs or self.serving())
-        found = wait_until(lambda: self.agreed_leader(addrs), deadline_s,
-                           f"one leader agreed by {addrs}", self.explain)
-        return found[0]
+        try:
+            return local.wait_for_leader(addrs, time.monotonic() + deadline_s, self.handle,
+                                         agreed=True)
+        except (local.ClusterError, ClusterUnavailable) as exc:
+            raise HarnessError(f"timed out after {deadline_s:.1f}s waiting for one leader "
+                               f"agreed by {addrs} ({exc})\n{self.explain()}") from None
 
     def leader(self) -> str:
         return self.wait_for_leader()
@@ -271,46 +207,33 @@ class Cluster:
 
     def kill(self, addr: str, sig: signal.Signals = signal.SIGKILL,
              deadline_s: float = 5.0) -> None:
-        node = self.nodes[addr]
-        if not node.alive:
+        """SIGKILL (a crash), SIGTERM (a clean stop), SIGSTOP (pause) or SIGCONT (resume)."""
+        if not self.nodes[addr].alive:
             raise HarnessError(f"{addr} is not running")
-        os.kill(node.proc.pid, sig)
-        if sig == signal.SIGSTOP:
-            node.paused = True
+        if sig == signal.SIGKILL:
+            local.kill_node(self.handle, addr, deadline_s)
+        elif sig == signal.SIGTERM:
+            local.stop_node(self.handle, addr, deadline_s)
+        elif sig == signal.SIGSTOP:
+            local.pause_node(self.handle, addr)
         elif sig == signal.SIGCONT:
-            node.paused = False
-        elif sig in (signal.SIGKILL, signal.SIGTERM):
-            node.proc.wait(timeout=deadline_s)
+            local.resume_node(self.handle, addr)
+        else:
+            raise HarnessError(f"no fault for signal {sig!r}")
 
     def restart(self, addr: str, ready_deadline_s: float = 10.0) -> None:
         """Start a stopped node again on its address and data directory."""
-        node = self.nodes[addr]
-        if node.alive:
+        if self.nodes[addr].alive:
             raise HarnessError(f"{addr} is still running")
-        self._spawn(node)
-        self._wait_serving(node, ready_deadline_s)
+        local.restart_node(self.handle, addr)
+        self._wait_serving(ready_deadline_s, [addr])
 
     def stop_all(self, deadline_s: float = 5.0) -> None:
         """SIGTERM every node, wait until the deadline, then SIGKILL; close every client."""
         for client in list(self._clients):
             self._forget(client)
-        running = [n for n in self.nodes.values() if n.alive]
-        for node in running:
-            if node.paused:
-                os.kill(node.proc.pid, signal.SIGCONT)  # a stopped process cannot exit
-                node.paused = False
-            os.kill(node.proc.pid, signal.SIGTERM)
-        end = time.monotonic() + deadline_s
-        for node in running:
-            try:
-                node.proc.wait(timeout=max(0.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                node.proc.wait()
-        for node in self.nodes.values():
-            if node.log_file is not None:
-                node.log_file.close()
-                node.log_file = None
+        if self.handle is not None:
+            local.stop_cluster(self.handle, deadline_s)
 
     # --- explaining failures ---------------------------------------------------------------
 
@@ -318,21 +241,13 @@ class Cluster:
         """The last lines of every node's log, for assertion messages."""
         parts = []
         for addr, node in self.nodes.items():
-            if node.log_file is not None:
-                node.log_file.flush()
-            try:
-                text = node.log_path.read_text(errors="replace").splitlines()[-lines:]
-            except FileNotFoundError:
-                text = ["(no log)"]
             state = "paused" if node.paused else "alive" if node.alive else "down"
-            parts.append(f"==== {addr} ({state}) {node.log_path}\n" + "\n".join(text))
+            tail = local.log_tail(node, lines) or "(no log)"
+            parts.append(f"==== {addr} ({state}) {node.log_file}\n{tail}")
         return "\n".join(parts)
 
     def log_of(self, addr: str) -> str:
-        node = self.nodes[addr]
-        if node.log_file is not None:
-            node.log_file.flush()
-        return node.log_path.read_text(errors="replace")
+        return self.nodes[addr].log_file.read_text(errors="replace")
 
     def explain(self) -> str:
         try:

@@ -16,8 +16,8 @@ import typer
 from typer.testing import CliRunner
 
 from brokerless.storage import CorruptDataError, IdentityMismatchError
-from zauction.cli import app as cli
-from zauction.cli import console
+from zauction.cli import console, params
+from zauction.cli.app import app
 from zauction.cli.console import ExitCode
 from zauction.client.client import (
     BadRequest,
@@ -27,7 +27,7 @@ from zauction.client.client import (
     UnknownAuctionError,
 )
 from zauction.server import logs
-from zauction.tools import cluster
+from zauction.tools import cluster, ports
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
 
 
 def run(*args: str, env: dict | None = None):
-    return runner.invoke(cli.app, list(args), env=env)
+    return runner.invoke(app, list(args), env=env)
 
 
 # --- durations, addresses, timing ------------------------------------------------------------------
@@ -118,32 +118,32 @@ def run(*args: str, env: dict | None = None):
     (" 30ms ", 30), ("0.0015s", 2),
 ])
 def test_durations_parse_to_milliseconds(text: str, ms: int) -> None:
-    assert cli.parse_duration_ms(text) == ms
+    assert params.parse_duration_ms(text) == ms
 
 
 @pytest.mark.parametrize("text", ["", "100", "10 parsecs", "-5s", "1e3s", "s", "0s", "0.1ms", "5 m s"])
 def test_bad_durations_are_refused_with_a_clear_error(text: str) -> None:
-    with pytest.raises(cli.DurationError, match="duration|too short"):
-        cli.parse_duration_ms(text)
+    with pytest.raises(params.DurationError, match="duration|too short"):
+        params.parse_duration_ms(text)
 
 
 def test_a_bare_number_needs_a_default_unit() -> None:
-    assert cli.parse_duration_ms("2", default_unit="s") == 2000
+    assert params.parse_duration_ms("2", default_unit="s") == 2000
 
 
 def test_timing_rounds_to_ticks_and_keeps_elections_above_two_heartbeats() -> None:
-    timing = cli.timing_from(10, 34, 156)
+    timing = params.timing_from(10, 34, 156)
     assert (timing.tick_ms, timing.heartbeat_ticks, timing.election_ticks) == (10, 3, 16)
     with pytest.raises(typer.BadParameter, match="at least 2 heartbeat"):
-        cli.timing_from(10, 30, 50)
+        params.timing_from(10, 30, 50)
     with pytest.raises(typer.BadParameter, match="shorter than a tick"):
-        cli.timing_from(10, 4, 150)
+        params.timing_from(10, 4, 150)
 
 
 @pytest.mark.parametrize("bad", ["localhost", ":80", "h:0", "h:70000", "h:http", ""])
 def test_bad_addresses_are_refused(bad: str) -> None:
     with pytest.raises(typer.BadParameter):
-        cli.parse_addr(bad)
+        params.parse_addr(bad)
 
 
 def test_node_rejects_bad_timing_with_usage_error() -> None:
@@ -315,7 +315,7 @@ def test_node_exits_5_when_its_data_directory_is_refused(monkeypatch, tmp_path, 
 
 
 def test_unreachable_cluster_exits_3_with_a_real_client(tmp_path) -> None:
-    port = cluster.free_port_run(1)  # nothing listens there
+    port = ports.free_port_run(1)  # nothing listens there
     for args in (["result"], ["bid", "--amount", "5", "--bidder", "al"], ["status"]):
         res = run(*args, "--servers", f"127.0.0.1:{port}", "--timeout", "300ms")
         assert res.exit_code == 3, (args, res.output)
@@ -406,7 +406,7 @@ def test_ports_in_use_are_refused_before_anything_starts(tmp_path) -> None:
 @pytest.mark.processes
 @pytest.mark.timeout(60)
 def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path) -> None:
-    base = cluster.free_port_run(3)
+    base = ports.free_port_run(3)
     env = {**os.environ, "TMPDIR": str(tmp_path), "COLUMNS": "200",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "zauction", "demo", "--base-port", str(base),
@@ -455,7 +455,7 @@ def test_node_passes_retention_and_backpressure_settings_to_the_node(monkeypatch
 def test_a_node_keeps_only_as_many_bid_records_as_configured(tmp_path) -> None:
     from zauction.server.node import AuctionNode, NodeOptions
 
-    node = AuctionNode(NodeOptions(addr=f"127.0.0.1:{cluster.free_port_run(1)}", peers=(),
+    node = AuctionNode(NodeOptions(addr=f"127.0.0.1:{ports.free_port_run(1)}", peers=(),
                                    data_dir=tmp_path, max_retained_bids=3,
                                    max_closed_auctions=2))
     try:

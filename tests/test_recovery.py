@@ -55,6 +55,7 @@ from zauction.cli.console import ExitCode
 from zauction.cli.data import register
 from zauction.client.client import BidRejected
 from zauction.server.node import NodeOptions
+from zauction.tools.cluster import START_MARKER
 from zauction.tools.datadir import NotADataDirError, inspect_data_dir
 
 SNAPSHOT_EVERY = "50"  # small, so that a few seconds of bidding compacts the log many times
@@ -76,7 +77,7 @@ def bidding(servers: list[str], threads: int = 3, amounts: Iterator[int] | None 
 
 
 def log_since_last_start(cluster: Cluster, addr: str) -> str:
-    return cluster.log_of(addr).rsplit("---- harness: starting", 1)[-1]
+    return cluster.log_of(addr).rsplit(START_MARKER, 1)[-1]
 
 
 # --- a follower killed under load ---------------------------------------------------------------
@@ -343,7 +344,7 @@ def kill_orphans(pids: list[int]) -> None:
     """End snapshot children left behind by a killed node (checked to be ours, by PID)."""
     for pid in pids:
         try:
-            if b"node_proc.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"zauction\0node\0" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError):
             continue

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from brokerless.storage import StorageError
-from zauction.cli import console
+from zauction.cli import console, params
 from zauction.cli.console import CliError, ExitCode, emit_json, errors, out
 from zauction.tools.datadir import DataDirReport, inspect_data_dir
 
@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
     data_app = typer.Typer(help="Look at a node's data directory (offline, read-only).",
                            no_args_is_help=True)
     data_app.command("inspect", epilog="Example: zauction data inspect data/localhost_8001 "
-                                       "--json.  " + console.EXIT_CODES_HELP)(inspect_command)
+                                       "--json.  " + params.EPILOG)(inspect_command)
     app.add_typer(data_app, name="data")
 
 

@@ -1,8 +1,8 @@
 """`zauction load`: bid hard against a cluster, report throughput and latency, and optionally
 check afterwards that nothing acknowledged was lost and the history is linearizable.
 
-cli.py calls `register(app)`; this module only parses, shows progress and prints: the work is
-in zauction.tools.loadgen (the load) and zauction.tools.checker (the verdict).
+zauction.cli.app calls `register(app)`; this module only parses, shows progress and prints: the
+work is in zauction.tools.loadgen (the load) and zauction.tools.checker (the verdict).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from zauction.cli import console
+from zauction.cli import console, params
 from zauction.cli.console import CliError, ExitCode, emit_json, errors, out
+from zauction.cli.params import DEFAULT_SERVERS, Servers
 from zauction.tools.checker import Verdict, check
 from zauction.tools.loadgen import (
     OP_TIMEOUT_S,
@@ -30,36 +31,19 @@ from zauction.tools.loadgen import (
     run_load,
 )
 
-DEFAULT_SERVERS = "localhost:8001,localhost:8002,localhost:8003"
 MAX_VIOLATIONS_SHOWN = 10
-
-
-def _seconds(text: str) -> float:
-    # cli.py imports this module to register the command: import it back lazily, at parse time.
-    from zauction.cli import app as cli
-
-    try:
-        return cli.parse_duration_ms(text) / 1000
-    except cli.DurationError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
-def _servers(text: str) -> list[str]:
-    from zauction.cli import app as cli
-
-    return cli.parse_addr_list(text)
 
 
 def register(app: typer.Typer) -> None:
     """Add the `load` command to the zauction app."""
     app.command("load", epilog="Example: zauction load --concurrency 100 --duration 30s "
-                               "--check.  " + console.EXIT_CODES_HELP)(load)
+                               "--check.  " + params.EPILOG)(load)
 
 
 def load(
     bidders: Annotated[int, typer.Option(min=1, max=100_000,
                                          help="Bidders, each its own client id.")] = 100,
-    duration: Annotated[float, typer.Option(parser=_seconds, metavar="DURATION",
+    duration: Annotated[float, typer.Option(parser=params.duration_s, metavar="DURATION",
                                             help="How long to offer load: 30s, 2m.")] = "30s",
     rate: Annotated[float | None, typer.Option(
         min=0.001, help="Open loop: offered bids per second (latency counts lateness).")] = None,
@@ -73,18 +57,16 @@ def load(
         "--check", help="Afterwards read every node and check for lost bids and "
                         "linearizability; exit 1 on any violation.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    servers: Annotated[str, typer.Option(
-        "--servers", "-s", envvar="ZAUCTION_SERVERS",
-        help="Comma-separated HOST:PORT of the cluster's nodes.")] = DEFAULT_SERVERS,
+    servers: Servers = DEFAULT_SERVERS,
     op_timeout: Annotated[float, typer.Option(
-        parser=_seconds, metavar="DURATION",
+        parser=params.duration_s, metavar="DURATION",
         help="Give up on a bid (outcome unknown) after this long.")] = f"{OP_TIMEOUT_S:g}s",
 ) -> None:
     """Offer bids at a rate or concurrency; report throughput, latency, errors."""
     if rate is not None and concurrency is not None:
         raise typer.BadParameter("give --rate or --concurrency, not both",
                                  param_hint="'--rate' / '--concurrency'")
-    addrs = _servers(servers)
+    addrs = params.parse_addr_list(servers)
     if rate is None and concurrency is None:
         concurrency = bidders
     with errors(), _load_errors():
