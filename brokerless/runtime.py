@@ -5,8 +5,10 @@ no task switches on the hot path). Every loop iteration drains everything the so
 have waiting before it asks the core for a Ready, so one append and one fsync carry every
 request that arrived meanwhile (group commit).
 
-For each Ready, in this order: persist (snapshot, entries, hard state), send (heartbeats
-are published on PUB), apply committed entries, release confirmed reads, advance.
+For each Ready, in the order brokerless.executor fixes (the simulator runs the same code):
+send what may leave early, persist (snapshot, entries, hard state), send the rest
+(heartbeats are published on PUB), then apply committed entries, release confirmed reads,
+advance.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 
 from brokerless.application import Application, Inbound, PeerReply
 from brokerless.core import Config, Core, CoreStatus, NotLeader, Ready, SoftState
-from brokerless.messages import Append, Heartbeat, Message
+from brokerless.executor import ReadyExecutor, Save
+from brokerless.messages import Heartbeat, Message
 from brokerless.snapshotter import Snapshotter
 from brokerless.storage import Storage
 from brokerless.transport import FromPeer, FromRouter, FromSub, Incoming, Transport, TransportStats
@@ -31,7 +34,6 @@ log = logging.getLogger("brokerless.runtime")
 
 PEER_KIND = b"P"  # a consensus message on ROUTER/DEALER
 HEARTBEAT_TOPIC = b"hb"  # heartbeats on PUB/SUB
-_LEADER_OUTBOUND = (Append, Heartbeat)
 # Proposals a leader holds unapplied before it refuses more (Overloaded). About 100-250 ms
 # of work at this implementation's peak rate: deep enough to batch well, shallow enough that
 # a flood cannot stretch the loop past an election timeout.
@@ -95,6 +97,14 @@ class RuntimeStatus:
     transport: TransportStats = field(default_factory=TransportStats)
 
 
+@dataclass(frozen=True, slots=True)
+class _RuntimeIO:
+    """The runtime as the executor's ReadyIO: messages to the transport, saves to storage."""
+
+    send: Callable[[Message], None]
+    save: Callable[[Save], None]
+
+
 class Runtime:
     """One node's loop around a core. Built with everything it drives (storage, transport,
     the application, a clock); offers the application propose, read, reply, send, publish
@@ -126,8 +136,8 @@ class Runtime:
         self._confirmed_reads: list[ConfirmedRead] = []  # waiting for their index to apply
         self._next_ctx = 0
         self._soft = SoftState(Role.FOLLOWER, None, core.term)
-        self._durable_term_vote = (core.term, core.vote)
-        self._deferred_hard_state: HardState | None = None
+        self._executor = ReadyExecutor(HardState(core.term, core.vote, core.commit))
+        self._io = _RuntimeIO(self._send_message, self._save)
         now = clock()
         self._last_leader_contact = now
         self._running = False
@@ -334,13 +344,7 @@ class Runtime:
         stats["messages_sent"] += len(rd.messages)
         stats["entries_saved"] += len(rd.entries)
         stats["entries_applied"] += len(rd.committed)
-        early = self._early_sendable(rd)
-        for msg in early:
-            self._send(msg)
-        self._persist(rd)
-        for msg in rd.messages:
-            if not early or not isinstance(msg, _LEADER_OUTBOUND):
-                self._send(msg)
+        self._executor.execute(rd, self._io)  # send early, save, send the rest
         self._apply(rd)
         self._core.advance(rd)
         self._after_apply(rd)
@@ -348,51 +352,24 @@ class Runtime:
             self._role_changed(rd.soft_state)
         self._maybe_snapshot()
 
-    def _persist(self, rd: Ready) -> None:
-        hs = rd.hard_state
-        if hs is not None and not rd.entries and rd.snapshot is None and (
-                (hs.term, hs.vote) == self._durable_term_vote):
-            # Only the commit index moved. It need not be durable (a restarted node learns
-            # it again from the leader), so it rides along with the next write instead of
-            # costing an fsync of its own on every commit.
-            self._deferred_hard_state = hs
-            return
-        if hs is None and (rd.entries or rd.snapshot is not None):
-            hs = self._deferred_hard_state
-        if hs is None and not rd.entries and rd.snapshot is None:
-            return
-        started = self._clock()
-        self._storage.save(hs, rd.entries, rd.snapshot)
-        self._last_save_ms = (self._clock() - started) * 1000
-        self.stats["saves"] += 1
-        self._deferred_hard_state = None
-        if hs is not None:
-            self._durable_term_vote = (hs.term, hs.vote)
-
     def flush(self) -> None:
         """Write a deferred commit index (before compaction, and at shutdown)."""
-        if self._deferred_hard_state is not None:
-            self._storage.save(self._deferred_hard_state, [])
-            self._deferred_hard_state = None
+        self._executor.flush(self._io)
 
-    def _early_sendable(self, rd: Ready) -> list[Message]:
-        """A leader's appends may leave before its own fsync (Raft thesis, 10.2.1): it counts
-        itself towards a commit only in a later Ready, after this one's save returned, so the
-        leader's disk write overlaps the followers' instead of preceding it. Only while its
-        term and vote are already durable: everything else still waits for the save."""
-        hs = rd.hard_state
-        if rd.soft_state.role != Role.LEADER or rd.snapshot is not None:
-            return []
-        if hs is not None and (hs.term, hs.vote) != self._durable_term_vote:
-            return []
-        return [m for m in rd.messages if isinstance(m, _LEADER_OUTBOUND)]
+    # --- where the executor's sends and saves go ---------------------------------------
 
-    def _send(self, msg: Message) -> None:
+    def _send_message(self, msg: Message) -> None:
         data = encode_message(msg)
         if isinstance(msg, Heartbeat):
             self._transport.publish(HEARTBEAT_TOPIC, data)
         else:
             self._transport.send(msg.dst, PEER_KIND, data)
+
+    def _save(self, save: Save) -> None:
+        started = self._clock()
+        self._storage.save(save.hard_state, save.entries, save.snapshot)
+        self._last_save_ms = (self._clock() - started) * 1000
+        self.stats["saves"] += 1
 
     def _apply(self, rd: Ready) -> None:
         app = self._app

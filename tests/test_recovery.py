@@ -59,13 +59,14 @@ from zauction.tools.cluster import START_MARKER
 from zauction.tools.datadir import NotADataDirError, inspect_data_dir
 
 SNAPSHOT_EVERY = "50"  # small, so that a few seconds of bidding compacts the log many times
+CATCHUP_ENTRIES = "50"  # a short tail behind each snapshot, so a gap of 1000 needs a snapshot
 BID_TIMEOUT_S = 1.5  # bids in flight at a kill give up soon, with an unknown outcome
 AGREE_DEADLINE_S = 20.0  # for nodes that restarted or caught up to apply the same index
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    node_args = ("--snapshot-every", SNAPSHOT_EVERY)
+    node_args = ("--snapshot-every", SNAPSHOT_EVERY, "--catchup-entries", CATCHUP_ENTRIES)
     with running_cluster(tmp_path, size=3, node_args=node_args) as nodes:
         yield nodes
 

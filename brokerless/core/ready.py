@@ -15,6 +15,9 @@ class Rng(Protocol):
     def randrange(self, start: int, stop: int) -> int: ...
 
 
+DEFAULT_CATCHUP_ENTRIES = 5000
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     id: NodeId
@@ -28,7 +31,7 @@ class Config:
     snapshot_chunk_bytes: int = 1 << 20
     # Entries kept behind each snapshot, so a follower slightly behind it (restarted, or
     # just done installing an older snapshot) catches up by appends, not another snapshot.
-    catchup_entries: int = 5000
+    catchup_entries: int = DEFAULT_CATCHUP_ENTRIES
     # A leader keeps, beyond that tail, what a follower that is still answering needs
     # (its match, or the snapshot it is receiving), up to this many entries behind a new
     # snapshot: compaction never makes a transfer in progress useless, yet a follower

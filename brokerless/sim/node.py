@@ -1,4 +1,5 @@
-"""One simulated node: a core, a disk that survives crashes, and a toy application.
+"""One simulated node: a core, the production Ready executor over MemoryStorage (whose
+power-loss model decides what a crash keeps), and a toy application.
 
 The application records every applied command, so the checker can compare what each
 node applied. Its snapshot is that record, packed.
@@ -7,69 +8,49 @@ node applied. Its snapshot is that record, packed.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
 import msgpack
 
 from brokerless.core import Config, Core, Ready
-from brokerless.types import Entry, EntryKind, HardState, Snapshot
-
-
-@dataclass(slots=True)
-class Disk:
-    """What a node has made durable. The simulator persists every Ready before sending
-    (fsync per Ready), so a crash loses only what was never handed to the disk."""
-
-    hard_state: HardState = field(default_factory=HardState)
-    snapshot: Snapshot | None = None
-    entries: list[Entry] = field(default_factory=list)
-
-    def save(self, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            self._install(rd.snapshot)
-        if rd.entries:
-            first = rd.entries[0].index
-            self.entries = [e for e in self.entries if e.index < first] + list(rd.entries)
-        if rd.hard_state is not None:
-            self.hard_state = rd.hard_state
-
-    def _install(self, snap: Snapshot) -> None:
-        keep = any(e.index == snap.meta.index and e.term == snap.meta.term for e in self.entries)
-        self.entries = [e for e in self.entries if keep and e.index > snap.meta.index]
-        self.snapshot = snap
-
-    def compact(self, snap: Snapshot) -> None:
-        self.snapshot = snap
-        self.entries = [e for e in self.entries if e.index > snap.meta.index]
+from brokerless.executor import ReadyExecutor, ReadyIO
+from brokerless.storage import MemoryStorage
+from brokerless.types import EntryKind, HardState, Snapshot
 
 
 class SimNode:
     def __init__(self, config: Config, seed: int, snapshot_every: int):
         self.config = config
-        self.disk = Disk()
+        self.storage = MemoryStorage()  # every save synced, as with durability=always
         self.rng = random.Random(seed)
         self.snapshot_every = snapshot_every
         self.alive = False
         self.start()
 
     def start(self) -> None:
-        d = self.disk
-        self.core = Core(self.config, self.rng, d.hard_state, d.snapshot, d.entries)
+        """Start from what storage kept: a first start, or a restart after a crash."""
+        stored = self.storage.crash()
+        self.core = Core(self.config, self.rng, stored.hard_state, stored.snapshot,
+                         stored.entries)
+        self.executor = ReadyExecutor(stored.hard_state)
         self.applied: list[tuple[int, int, bytes]] = []  # (index, term, data) of each command
         self.applied_index = 0
-        if d.snapshot is not None:
-            self._restore(d.snapshot)
+        if stored.snapshot is not None:
+            self._restore(stored.snapshot)
         self.alive = True
 
     def crash(self) -> None:
         self.alive = False
 
+    @property
+    def durable(self) -> HardState:
+        return self.storage.hard_state
+
     def _restore(self, snap: Snapshot) -> None:
         self.applied = [tuple(x) for x in msgpack.unpackb(snap.data)]
         self.applied_index = snap.meta.index
 
-    def apply(self, rd: Ready) -> list[tuple[int, int, bytes]]:
-        """Apply a persisted Ready and advance the core; returns the new commands."""
+    def apply(self, rd: Ready, io: ReadyIO) -> list[tuple[int, int, bytes]]:
+        """Apply an executed Ready and advance the core; returns the new commands."""
         if rd.snapshot is not None:
             self._restore(rd.snapshot)
         new = []
@@ -79,11 +60,12 @@ class SimNode:
                 new.append((entry.index, entry.term, entry.data))
         self.applied.extend(new)
         self.core.advance(rd)
-        self._maybe_snapshot()
+        self._maybe_snapshot(io)
         return new
 
-    def _maybe_snapshot(self) -> None:
+    def _maybe_snapshot(self, io: ReadyIO) -> None:
         core = self.core
         if self.snapshot_every and core.applied - core.snapshot_index >= self.snapshot_every:
             snap = core.compact(core.applied, msgpack.packb(self.applied))
-            self.disk.compact(snap)
+            self.executor.flush(io)  # storage compacts only up to a durable commit index
+            self.storage.compact(snap)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from brokerless.core import Config, NotLeader, Ready
+from brokerless.executor import Save
+from brokerless.messages import Message
 from brokerless.sim.checker import Checker, SafetyViolation
 from brokerless.sim.network import Faults, Network
 from brokerless.sim.node import SimNode
@@ -39,6 +41,34 @@ class SimOptions:
 
 class LivenessViolation(AssertionError):
     pass
+
+
+class _Crash(Exception):
+    """The node dies at this point of executing its Ready."""
+
+
+class SimIO:
+    """A simulated node's ReadyIO: messages into the network, saves into its storage, and
+    an optional crash before step number `crash_at` (each send or save is a step)."""
+
+    def __init__(self, sim: Simulation, node: SimNode, crash_at: int | None = None):
+        self._sim = sim
+        self._node = node
+        self._crash_at = crash_at
+        self._steps = 0
+
+    def step(self) -> None:
+        if self._crash_at is not None and self._steps >= self._crash_at:
+            raise _Crash
+        self._steps += 1
+
+    def send(self, msg: Message) -> None:
+        self.step()
+        self._sim.net.send(msg, self._sim.now)
+
+    def save(self, save: Save) -> None:
+        self.step()
+        self._node.storage.save(save.hard_state, save.entries, save.snapshot)
 
 
 class Simulation:
@@ -107,26 +137,35 @@ class Simulation:
         node = self.nodes[nid]
         rd = node.core.ready()
         self._observe(nid, rd)
-        node.disk.save(rd)  # persist first ...
-        self.checker.persisted(nid, node.disk.hard_state.term, node.disk.hard_state.commit)
         crash_mid_ready = self._chaos_on() and self.rng.random() < 0.002
-        sent = (
-            rd.messages[: self.rng.randint(0, len(rd.messages))] if crash_mid_ready else rd.messages
-        )
-        for msg in sent:  # ... then send ...
-            self.net.send(msg, self.now)
-        if crash_mid_ready:
+        # A crash mid-Ready stops it at a random step: before or after the save, after
+        # some of the sends (the leader's early ones included), or before applying.
+        steps = len(rd.messages) + 1
+        io = SimIO(self, node, self.rng.randint(0, steps) if crash_mid_ready else None)
+        try:
+            node.executor.execute(rd, io)  # the runtime's own order: early sends, save, rest
+            io.step()
+        except _Crash:
+            # Nothing of a term that never became durable has left the node (a new term
+            # is saved before any message of it is sent), so only the durable term counts.
+            self._record_durable(nid)
+            self.checker.term_seen(nid, node.durable.term)
             self._crash(nid, "in the middle of a Ready")
             return
+        self._record_durable(nid)
+        self.checker.term_seen(nid, rd.soft_state.term)
         if rd.snapshot is not None:
             self.stats["snapshots_installed"] += 1
             self.trace(f"t={self.now} {nid} installed snapshot at {rd.snapshot.meta.index}")
-        new = node.apply(rd)  # ... then apply.
+        new = node.apply(rd, SimIO(self, node))  # ... then apply.
         self.checker.applied(nid, new)
+
+    def _record_durable(self, nid: NodeId) -> None:
+        durable = self.nodes[nid].durable
+        self.checker.persisted(nid, durable.term, durable.commit)
 
     def _observe(self, nid: NodeId, rd: Ready) -> None:
         role, term = rd.soft_state.role, rd.soft_state.term
-        self.checker.term_seen(nid, term)
         if role == Role.LEADER:
             self.checker.leader_seen(nid, term)
         if self._roles.get(nid) != (role, term):

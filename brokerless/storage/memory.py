@@ -32,6 +32,11 @@ class MemoryStorage:
         self._synced: PersistedState | None = None  # None: nothing unsynced
         self._closed = False
 
+    @property
+    def hard_state(self) -> HardState:
+        """The hard state as last saved (cheap: load() copies the whole log)."""
+        return self._hard_state
+
     def load(self) -> PersistedState:
         self._check_open()
         return PersistedState(self._hard_state, self._snapshot, list(self._entries))

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from brokerless.core import DEFAULT_CATCHUP_ENTRIES
 from brokerless.runtime import DEFAULT_MAX_PENDING
 from brokerless.storage import Durability
 from zauction.auction.domain import MAX_CLOSED_AUCTIONS, MAX_RETAINED_BIDS
@@ -49,6 +50,10 @@ def node(
         help="always: fsync every write; batch: group fsyncs (may lose the last moments on "
              "power loss); off: tests only.")] = Durability.ALWAYS,
     snapshot_every: Annotated[int, typer.Option(min=1, help="Entries between snapshots.")] = 100_000,
+    catchup_entries: Annotated[int, typer.Option(
+        min=0, help="Log entries kept behind each snapshot, so a follower slightly behind it "
+                    "catches up from the log instead of a whole snapshot.")
+    ] = DEFAULT_CATCHUP_ENTRIES,
     max_pending: Annotated[int, typer.Option(
         min=1, help="Writes in flight at the leader before it answers `busy` (backpressure).")
     ] = DEFAULT_MAX_PENDING,
@@ -73,7 +78,8 @@ def node(
         data_dir=data_dir or Path("data") / f"{host}_{port}",
         auction_duration_ms=auction_duration,
         timing=timing_from(tick, heartbeat_interval, election_timeout),
-        durability=durability, snapshot_every=snapshot_every, max_pending=max_pending,
+        durability=durability, snapshot_every=snapshot_every, catchup_entries=catchup_entries,
+        max_pending=max_pending,
         max_retained_bids=max_retained_bids, max_closed_auctions=max_closed_auctions)
     with errors():
         server.AuctionNode(opts).run()

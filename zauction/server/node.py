@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brokerless.application import Inbound, PeerReply
-from brokerless.core import Config, Core, SoftState
+from brokerless.core import DEFAULT_CATCHUP_ENTRIES, Config, Core, SoftState
 from brokerless.runtime import DEFAULT_MAX_PENDING, Runtime, Timing
 from brokerless.snapshotter import Snapshotter
 from brokerless.storage import CorruptDataError, Durability
@@ -55,6 +55,7 @@ class NodeOptions:
     timing: Timing = Timing()
     durability: Durability = Durability.ALWAYS
     snapshot_every: int = 100_000
+    catchup_entries: int = DEFAULT_CATCHUP_ENTRIES  # log entries kept behind each snapshot
     cluster_id: str = ""
     max_pending: int = DEFAULT_MAX_PENDING  # writes in flight at the leader before `busy`
     # Retention: configuration every replica must share (they decide what the state keeps).
@@ -83,7 +84,7 @@ class AuctionNode:
         persisted = storage.load()
         t = opts.timing
         config = Config(opts.addr, opts.members, election_ticks=t.election_ticks,
-                        heartbeat_ticks=t.heartbeat_ticks)
+                        heartbeat_ticks=t.heartbeat_ticks, catchup_entries=opts.catchup_entries)
         core = Core(config, random.Random(), persisted.hard_state, persisted.snapshot,
                     persisted.entries)
         self.state = AuctionState(max_retained_bids=opts.max_retained_bids,
