@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from zauction.auction.commands import DEFAULT_AUCTION
 from zauction.cli import console, params
@@ -98,10 +100,7 @@ def auction_list(stale: Stale = False, as_json: Json = False, servers: Servers =
     """List every auction."""
     with errors(), _client(servers, timeout) as client:
         auctions = client.auctions(stale=stale)
-    if as_json:
-        emit_json(auctions)
-    else:
-        out.print(console.auctions_table(auctions))
+    _show(auctions, as_json, lambda: console.auctions_table(auctions))
 
 
 def result(auction: AuctionId = DEFAULT_AUCTION, stale: Stale = False, as_json: Json = False,
@@ -109,10 +108,7 @@ def result(auction: AuctionId = DEFAULT_AUCTION, stale: Stale = False, as_json: 
     """Show an auction's state, highest bid and winner."""
     with errors(), _client(servers, timeout) as client:
         doc = client.result(auction, stale=stale)
-    if as_json:
-        emit_json(doc)
-    else:
-        out.print(console.result_table(doc))
+    _show(doc, as_json, lambda: console.result_table(doc))
 
 
 def history(auction: AuctionId = DEFAULT_AUCTION, stale: Stale = False, as_json: Json = False,
@@ -120,7 +116,13 @@ def history(auction: AuctionId = DEFAULT_AUCTION, stale: Stale = False, as_json:
     """List an auction's accepted bids in order."""
     with errors(), _client(servers, timeout) as client:
         bids = client.history(auction, stale=stale)
+    _show({"auction": auction, "bids": bids}, as_json,
+          lambda: console.history_table(auction, bids))
+
+
+def _show(doc: object, as_json: bool, table: Callable[[], Table]) -> None:
+    """A read's answer: the JSON document, or the table made from it."""
     if as_json:
-        emit_json({"auction": auction, "bids": bids})
+        emit_json(doc)
     else:
-        out.print(console.history_table(auction, bids))
+        out.print(table())
