@@ -835,3 +835,13 @@ def test_invalid_snapshots_raise_and_leave_state_untouched(driver: Driver, data:
     with pytest.raises(InvalidSnapshot):
         driver.state.restore(data)
     assert driver.state.snapshot() == before
+
+
+def test_history_and_events_after_take_any_after_seq_without_raising():
+    state = AuctionState()
+    state.apply_request(1, 1, Request("c", 1, 0, OpenAuction("a", "a", 1, 1, 0, 10**12)))
+    state.apply_request(2, 1, Request("c", 2, 0, Bid("a", "ann", 5)))
+    for huge in (2**63 - 1, 2**64 - 1, 2**100):
+        assert state.history("a", huge) == []
+        assert state.events_after("a", huge) == []
+    assert [b["amount"] for b in state.history("a", 0)] == [5]

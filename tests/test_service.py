@@ -369,3 +369,48 @@ def test_a_flood_of_reads_cannot_grow_the_backlog_without_bound(monkeypatch):
     service.on_inbound(Inbound(b"cli", None, b"C", frame))
     assert [unpack(p)["error"] for _, p in replies_sent(transport)] == ["busy"] * 3
     assert len(service._backlog) == 2
+
+
+def read_replies(service: Service, runtime: ScriptedRuntime, body: dict) -> list:
+    replies: list = []
+    runtime.sinks[b"reader"] = replies
+    receive(service, b"reader", pack(body))
+    return replies
+
+
+def test_an_after_seq_beyond_any_seq_is_a_bad_request_and_the_loop_goes_on():
+    # Once it raised in the node loop (islice refuses ints past sys.maxsize): the node died.
+    service, runtime = make()
+    for after in (2**64 - 1, -1, 2**63):
+        (reply,) = read_replies(service, runtime, {"op": "events", "rid": 5, "auction": "x",
+                                                   "after_seq": after, "stale": True})
+        assert reply["error"] == "bad_request" and "after_seq" in reply["message"]
+    (reply,) = read_replies(service, runtime, {"op": "events", "rid": 6, "auction": "x",
+                                               "after_seq": 2**63 - 1, "stale": True})
+    assert reply["ok"] and reply["result"] == []
+
+
+def test_an_answer_over_the_reply_limit_is_refused_not_sent(monkeypatch):
+    import zauction.server.service
+
+    service, runtime = make()
+    bid(service, rid=1, seq=1, amount=5, replies=[])
+    runtime.apply_all()
+    monkeypatch.setattr(zauction.server.service, "MAX_ANSWER_BYTES", 40)
+    before = service.bad_requests
+    (reply,) = read_replies(service, runtime, {"op": "history", "rid": 7, "auction": "x",
+                                               "stale": True})
+    assert reply["error"] == "bad_request" and "reply limit" in reply["message"]
+    assert service.bad_requests == before + 1
+
+
+def test_gathered_replies_are_split_by_count_and_by_bytes(monkeypatch):
+    import zauction.server.service as service_module
+
+    monkeypatch.setattr(service_module, "MAX_REPLY_BYTES", 10)
+    frames = service_module.reply_frames([b"aaaa", b"bbbb", b"cccc", b"d"])
+    assert frames == [b"aaaabbbb", b"ccccd"]
+    monkeypatch.setattr(service_module, "MAX_REPLIES_PER_FRAME", 2)
+    monkeypatch.setattr(service_module, "MAX_REPLY_BYTES", 1000)
+    assert service_module.reply_frames([b"1", b"2", b"3"]) == [b"12", b"3"]
+    assert service_module.reply_frames([]) == []

@@ -211,6 +211,8 @@ class Simulation:
             self._heal,
             self._transfer,
         ]
+        if len(self.ids) < 2:  # one node: no links to cut, nobody to transfer to
+            events = [self._heal]
         if self.opts.crashes:
             events += [self._crash_random, self._restart_random]
         self.rng.choice(events)()

@@ -615,7 +615,9 @@ class AuctionState:
         """The retained bids with feed seq > after_seq, oldest first. Retained are the last
         `result()["retained_bids"]` of all `result()["bids"]`, from `history_start_seq`."""
         found = self._get(auction)
-        skip = max(0, after_seq - found.first_retained_seq + 1)
+        # Clamped: a huge after_seq (untrusted) must not reach islice, which refuses ints
+        # beyond sys.maxsize.
+        skip = min(len(found.bids), max(0, after_seq - found.first_retained_seq + 1))
         return [{"index": i, "bidder": b, "amount": a, "ts_ms": t}
                 for i, b, a, t in islice(found.bids, skip, None)]
 
@@ -638,7 +640,8 @@ class AuctionState:
             events.append({"type": "snapshot", "auction": auction, "seq": start - 1,
                            "state": found.summary()})
         seq = max(start, after_seq + 1)
-        for index, bidder, amount, _ in islice(found.bids, seq - start, None):
+        for index, bidder, amount, _ in islice(found.bids, min(seq - start, len(found.bids)),
+                                               None):
             events.append({"type": "bid_accepted", "auction": auction, "seq": seq,
                            "index": index, "bidder": bidder, "amount": amount})
             seq += 1

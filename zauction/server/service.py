@@ -21,6 +21,7 @@ from brokerless.types import Role
 from brokerless.wire import WireError, pack, unpack
 from zauction.auction.commands import (
     DEFAULT_AUCTION,
+    MAX_SEQ,
     Bid,
     CloseAuction,
     InvalidCommand,
@@ -33,6 +34,7 @@ from zauction.protocol import (
     CLIENT_KIND,
     FORWARD_KIND,
     FORWARD_REPLY_KIND,
+    MAX_REPLY_BYTES,
     READ_OPS,
     WRITE_OPS,
     ClientRequest,
@@ -51,6 +53,9 @@ Respond = Callable[[bytes], None]
 FORWARD_TIMEOUT_S = 3.0
 MAX_FORWARDS_IN_FLIGHT = 512  # beyond this a follower answers not_leader (with the leader)
 MAX_REPLIES_PER_FRAME = 512  # keeps a gathered reply frame well under clients' limits
+# One answer must fit a frame even when a follower wraps it to relay it (forwarding adds a
+# few bytes of envelope), so reads are capped a little below the frame limit.
+MAX_ANSWER_BYTES = MAX_REPLY_BYTES - 4096
 # Client requests served per loop iteration. Measured: a Ready of 1,024 bids kept the leader's
 # loop busy 80-155 ms, close to the 150 ms election timeout; 256 keep it well under.
 REQUESTS_PER_ITERATION = 256
@@ -60,6 +65,23 @@ MAX_BACKLOG = 4096  # requests read beyond this many waiting are answered `busy`
 # arrive as duplicates on top of the flood (measured: collapse to 15% of peak at 1.5x load).
 MAX_QUEUE_WAIT_S = 0.25
 BUSY_RETRY_AFTER_MS = 20  # the hint sent with a `busy` reply: roughly one batch's commit time
+
+
+def reply_frames(replies: list[bytes]) -> list[bytes]:
+    """Replies joined into frames of at most MAX_REPLIES_PER_FRAME replies and
+    MAX_REPLY_BYTES bytes (each reply alone is within MAX_ANSWER_BYTES)."""
+    frames: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for reply in replies:
+        if batch and (len(batch) == MAX_REPLIES_PER_FRAME or size + len(reply) > MAX_REPLY_BYTES):
+            frames.append(b"".join(batch))
+            batch, size = [], 0
+        batch.append(reply)
+        size += len(reply)
+    if batch:
+        frames.append(b"".join(batch))
+    return frames
 
 
 def now_ms() -> int:
@@ -269,8 +291,8 @@ class Service:
             return
         box, self._reply_box = self._reply_box, {}
         for ident, replies in box.items():
-            for start in range(0, len(replies), MAX_REPLIES_PER_FRAME):
-                self._reply_now(ident, b"".join(replies[start:start + MAX_REPLIES_PER_FRAME]))
+            for frame in reply_frames(replies):
+                self._reply_now(ident, frame)
 
     def _route(self, req: ClientRequest, payload: bytes | None, respond: Respond, forwarded: bool,
                serve: Callable[[ClientRequest, Respond], None]) -> None:
@@ -424,7 +446,14 @@ class Service:
         try:
             if type(auction) is not str:
                 raise ProtocolError("'auction' must be a string")
-            respond(ok_reply(req.rid, self._query(req.op, auction, req.body)))
+            data = ok_reply(req.rid, self._query(req.op, auction, req.body))
+            if len(data) > MAX_ANSWER_BYTES:
+                # Sending it would raise in the transport (and end the loop) or be refused
+                # by the client's decoder: refuse it instead, typed and counted.
+                self.bad_requests += 1
+                raise ProtocolError(f"the answer is {len(data)} bytes, over the "
+                                    f"{MAX_ANSWER_BYTES}-byte reply limit")
+            respond(data)
         except UnknownAuction as exc:
             respond(error_reply(req.rid, ErrorCode.UNKNOWN_AUCTION, str(exc)))
         except ProtocolError as exc:
@@ -439,7 +468,7 @@ class Service:
         if op == "auctions":
             return state.auctions()
         after = body.get("after_seq", 0)
-        if type(after) is not int:
-            raise ProtocolError("'after_seq' must be an integer")
+        if type(after) is not int or not 0 <= after <= MAX_SEQ:
+            raise ProtocolError(f"'after_seq' must be an integer in 0..{MAX_SEQ}")
         return state.events_after(auction, after)
 
