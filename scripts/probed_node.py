@@ -37,7 +37,8 @@ def vm_rss_mb() -> float:
 
 def container_sizes(node: Any) -> dict[str, int]:
     """len() of what could pile up per request (private attributes: this is a probe)."""
-    runtime, core, state = node.runtime, node.runtime.core, node.state
+    runtime, state = node.runtime, node.state
+    core = runtime._core
     retention = state._retention
     return {
         "applied": core.applied, "log_entries": len(core.log.entries),
