@@ -585,25 +585,6 @@ def retaining_five() -> Driver:
     return d
 
 
-def test_events_after_gives_the_current_state_when_missed_bids_are_gone() -> None:
-    d = retaining_five()
-    state = d.state
-    reset, *rest = state.events_after("a", 2)
-    assert reset == {"type": "snapshot", "auction": "a", "seq": 7, "state": state.result("a")}
-    assert [(e["type"], e["seq"], e["amount"]) for e in rest] == [
-        ("bid_accepted", seq, 100 + seq) for seq in range(8, 13)]
-    assert [e["seq"] for e in state.events_after("a", 7)] == [8, 9, 10, 11, 12]
-    assert [e["seq"] for e in state.events_after("a", 10)] == [11, 12]
-    d.send(CloseAuction("a"))
-    d.send(open_far("b"))
-    for amount in range(1, 6):
-        d.bid("bo", amount, auction="b")
-    reset, closed = state.events_after("a", 0)  # a kept no record: state, then the close
-    assert (reset["type"], reset["seq"], reset["state"]["state"]) == ("snapshot", 12, "closed")
-    assert (closed["type"], closed["seq"], closed["amount"]) == ("auction_closed", 13, 112)
-    assert state.events_after("a", 13) == []
-
-
 def test_events_after_rebuilds_bids_and_close_in_the_documented_shape() -> None:
     d = retaining_five()
     assert d.state.events_after("a", 11) == [

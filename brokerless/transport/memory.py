@@ -144,10 +144,6 @@ class MemoryTransport:
     def wants(self, topic: bytes) -> bool:
         return any(topic.startswith(prefix) for prefix in self._topics)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def _deliver(self, node_id: str, event: Incoming) -> bool:
         if self._network is None:
             return True
