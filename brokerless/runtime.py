@@ -306,12 +306,18 @@ class Runtime:
             self._step_peer(event.payload, event.peer)
 
     def _step_peer(self, payload: bytes, sender: str | None) -> None:
+        if sender is None:
+            # Only members may speak consensus, and the routing id says who is speaking:
+            # refuse before decoding, so an outsider cannot make us decode 60 MB of entries.
+            self._reject_peer_message("consensus frame of %d bytes from a non-member",
+                                      len(payload))
+            return
         try:
             msg = decode_message(payload)
         except WireError as exc:
             self._reject_peer_message("malformed peer message from %s: %s", sender, exc)
             return
-        if sender is None or msg.src != sender:
+        if msg.src != sender:
             # The routing id (or the SUB socket) says who sent it; a message claiming to be
             # from someone else is dropped.
             self._reject_peer_message("message from %s claiming to be from %s", sender, msg.src)

@@ -5,6 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+# One range for terms and log indexes, shared by the codec, the core and every storage
+# backend: 0..2**63-1, what a signed 64-bit integer (and SQLite's INTEGER) holds.
+MAX_TERM = MAX_INDEX = 2**63 - 1
+# The most a message may raise our term by. An honest cluster's term grows by one per
+# election (pre-vote stops a partitioned node from inflating it), so 2**32 is more than
+# centuries of elections; a forged message with a term near MAX_TERM would otherwise leave
+# the cluster unable to ever start another election.
+MAX_TERM_JUMP = 2**32
+
 NodeId = str
 
 

@@ -36,10 +36,10 @@ from brokerless.messages import (
     VoteRequest,
     VoteResponse,
 )
-from brokerless.types import Entry, EntryKind
+from brokerless.types import MAX_INDEX, Entry, EntryKind
 
 MAX_MESSAGE_BYTES = 64 << 20  # default bound on one encoded message (matches the transport's)
-MAX_INT = (1 << 63) - 1  # every integer field is in 0..MAX_INT (fits a signed 64-bit int)
+MAX_INT = MAX_INDEX  # every integer field is in 0..2**63-1, the range brokerless.types gives
 MAX_NODE_ID_CHARS = 256
 _MAX_NODE_ID_BYTES = 4 * MAX_NODE_ID_CHARS  # UTF-8 upper bound, checked by msgpack itself
 

@@ -16,8 +16,8 @@ from brokerless.messages import Append, AppendResponse, VoteRequest, VoteRespons
 from brokerless.runtime import Overloaded, Runtime, Timing
 from brokerless.storage import MemoryStorage
 from brokerless.transport import FromPeer, FromRouter, MemoryNetwork, MemoryTransport, Outgoing
-from brokerless.types import Entry, EntryKind, HardState, Role
-from brokerless.wire import decode_message
+from brokerless.types import MAX_TERM, MAX_TERM_JUMP, Entry, EntryKind, HardState, Role
+from brokerless.wire import decode_message, encode_message
 
 IDS = ("a", "b", "c")
 
@@ -297,3 +297,43 @@ def test_a_follower_that_hears_no_leader_campaigns_when_its_clock_says_so():
     turn({"a": a}, clock, lambda: a.rt.term > 0 or a.transport.sent != [], max_ticks=100)
     assert any(o.channel == "send" and isinstance(decode_message(o.payload), VoteRequest)
                for o in a.transport.sent)
+
+
+# --- what a non-member or a forger can do ---------------------------------------------------
+
+
+def test_a_consensus_frame_from_a_non_member_is_refused_before_it_is_decoded(monkeypatch):
+    rig = make("a")
+    decoded = []
+    import brokerless.runtime as runtime_module
+    real_decode = runtime_module.decode_message
+    monkeypatch.setattr(runtime_module, "decode_message",
+                        lambda payload: decoded.append(payload) or real_decode(payload))
+    big = b"\x93" + b"\x00" * 1_000_000  # never looked at, whatever it holds
+    rig.transport.deliver(FromRouter(b"\x00outsider", b"P", big))
+    rig.rt.run_once(0)
+    assert decoded == []
+    assert rig.rt.status().rejected_peer_messages == 1
+    # A member's frame is still decoded and stepped.
+    rig.transport.deliver(FromRouter(b"b", b"P", encode_message(VoteRequest(1, "b", "a", 0, 0))))
+    rig.rt.run_once(0)
+    assert len(decoded) == 1 and rig.core.term == 1
+
+
+def test_a_forged_huge_term_changes_nothing_and_the_cluster_still_elects():
+    clock = ManualClock()
+    rigs = cluster_in_memory(clock)
+    turn(rigs, clock, lambda: any(r.rt.role == Role.LEADER for r in rigs.values()))
+    term = max(r.rt.term for r in rigs.values())
+    forged = VoteRequest(MAX_TERM, "b", "a", 10**12, MAX_TERM, transfer=True)
+    rigs["a"].transport.deliver(FromRouter(b"b", b"P", encode_message(forged)))
+    rigs["a"].rt.run_once(0)
+    assert rigs["a"].rt.term == term  # refused: beyond any honest jump
+    # Within the bound, a term jump is honoured, and elections go on from there.
+    jumped = term + MAX_TERM_JUMP
+    rigs["a"].transport.deliver(FromRouter(b"b", b"P", encode_message(
+        VoteRequest(jumped, "b", "a", 0, 0, transfer=True))))
+    rigs["a"].rt.run_once(0)
+    assert rigs["a"].rt.term == jumped
+    turn(rigs, clock, lambda: any(r.rt.role == Role.LEADER and r.rt.term > jumped
+                                  for r in rigs.values()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from brokerless.application import Inbound
 from brokerless.runtime import Overloaded, ProposalLost
 from brokerless.transport import MemoryTransport, Outgoing
@@ -13,6 +15,7 @@ from brokerless.wire import pack, unpack
 from zauction.auction.commands import decode_request_fields
 from zauction.auction.domain import AuctionState
 from zauction.protocol import decode_replies, decode_requests, request_frames
+from zauction.server.backlog import FairBacklog
 from zauction.server.service import BUSY_RETRY_AFTER_MS, Service
 
 
@@ -300,17 +303,43 @@ def test_one_iteration_serves_a_bounded_share_of_a_flood_and_the_rest_in_order_a
     assert amounts == list(range(1, count + 1))  # first come, first served
 
 
-def test_writes_beyond_the_backlog_limit_are_answered_busy_at_once(monkeypatch):
-    import zauction.server.service
+def service_with_backlog(backlog: FairBacklog) -> tuple[Service, ScriptedRuntime, MemoryTransport]:
+    state = AuctionState()
+    runtime = ScriptedRuntime(state)
+    service = Service(runtime, state, lambda: {}, backlog=backlog)
+    receive(service, b"admin", pack({"op": "open", "rid": 1, "client": "admin", "seq": 1,
+                                     "auction": "x", "duration_ms": 60_000}))
+    runtime.apply_all()
+    runtime.transport.sent.clear()
+    return service, runtime, runtime.transport
 
-    monkeypatch.setattr(zauction.server.service, "MAX_BACKLOG", 3)
-    service, runtime, transport = with_transport()
+
+def test_writes_beyond_the_backlog_limit_are_answered_busy_at_once():
+    service, runtime, transport = service_with_backlog(FairBacklog(max_total=3))
     frame = b"".join(pack(bid_body(n, 1, n)) for n in range(1, 6))
     service.on_inbound(Inbound(b"cli", None, b"C", frame))
     assert [(unpack(p)["rid"], unpack(p)["error"]) for _, p in replies_sent(transport)] == [
         (4, "busy"), (5, "busy")]
     service.serve_backlog()
     assert len(runtime.log) == 1 + 3
+
+
+def test_one_connection_cannot_fill_the_backlog_and_connections_are_served_in_turn(
+        monkeypatch):
+    import zauction.server.service
+
+    monkeypatch.setattr(zauction.server.service, "REQUESTS_PER_ITERATION", 2)
+    service, runtime, transport = service_with_backlog(FairBacklog(max_total=10,
+                                                                   max_per_source=4))
+    flood = b"".join(pack(bid_body(n, 1, n)) for n in range(1, 9))  # 8 from one connection
+    service.on_inbound(Inbound(b"flooder", None, b"C", flood))
+    refused = [unpack(p)["rid"] for to, p in replies_sent(transport) if to == b"flooder"]
+    assert refused == [5, 6, 7, 8]  # beyond its own share, refused at once
+    service.on_inbound(Inbound(b"polite", None, b"C", pack(bid_body(100, 1, 50))))
+    assert not [p for to, p in replies_sent(transport) if to == b"polite"]  # room for it
+    service.serve_backlog()  # two requests: one per connection in turn, not the first two
+    served = [decode_request_fields(data)[0] for data, _ in runtime.log[1:]]
+    assert served == ["c1", "c100"]
 
 
 def test_writes_that_waited_too_long_are_answered_busy_and_reads_are_still_served():
@@ -360,15 +389,13 @@ def test_a_follower_forwards_a_bounded_number_and_points_the_rest_to_the_leader(
     assert unpack(payload)["leader"] == "b:1"
 
 
-def test_a_flood_of_reads_cannot_grow_the_backlog_without_bound(monkeypatch):
-    import zauction.server.service
-
-    monkeypatch.setattr(zauction.server.service, "MAX_BACKLOG", 2)
-    service, runtime, transport = with_transport()
+def test_a_flood_of_reads_cannot_grow_the_backlog_without_bound():
+    backlog = FairBacklog(max_total=2)
+    service, runtime, transport = service_with_backlog(backlog)
     frame = b"".join(pack({"op": "result", "rid": n, "auction": "x"}) for n in range(1, 6))
     service.on_inbound(Inbound(b"cli", None, b"C", frame))
     assert [unpack(p)["error"] for _, p in replies_sent(transport)] == ["busy"] * 3
-    assert len(service._backlog) == 2
+    assert len(backlog) == 2
 
 
 def read_replies(service: Service, runtime: ScriptedRuntime, body: dict) -> list:
@@ -414,3 +441,65 @@ def test_gathered_replies_are_split_by_count_and_by_bytes(monkeypatch):
     monkeypatch.setattr(service_module, "MAX_REPLY_BYTES", 1000)
     assert service_module.reply_frames([b"1", b"2", b"3"]) == [b"12", b"3"]
     assert service_module.reply_frames([]) == []
+
+
+# --- input validation at the edge --------------------------------------------------------
+
+
+def test_a_forward_from_a_non_member_is_refused_before_it_is_decoded(monkeypatch):
+    import zauction.server.service
+    from zauction.protocol import FORWARD_KIND
+
+    decoded = []
+    real_unpack = zauction.server.service.unpack
+    monkeypatch.setattr(zauction.server.service, "unpack",
+                        lambda data, *a: decoded.append(len(data)) or real_unpack(data, *a))
+    service, runtime, transport = with_transport()
+    inner = pack(bid_body(1, 1, 5))
+    service.on_inbound(Inbound(b"outsider", None, FORWARD_KIND, pack({"fid": 1, "req": inner})))
+    huge = pack({"fid": 2, "req": b"x" * 200_000})
+    service.on_inbound(Inbound(b"member", "b:1", FORWARD_KIND, huge))
+    service.serve_backlog()
+    assert decoded == [] and service.bad_requests == 2
+    assert len(runtime.log) == 1 and replies_sent(transport) == []
+
+
+@pytest.mark.parametrize("fields", [
+    {"opens_at_ms": []}, {"opens_at_ms": {}}, {"opens_at_ms": ""}, {"opens_at_ms": False},
+    {"opens_at_ms": None}, {"closes_at_ms": []}, {"closes_at_ms": None, "duration_ms": 5000},
+    {"closes_at_ms": False}, {"duration_ms": True}, {"duration_ms": None}, {"duration_ms": "5"},
+    {"duration_ms": 0}, {"duration_ms": 2**63 - 1}, {},  # neither closes_at_ms nor duration_ms
+    {"closes_at_ms": 2**40, "duration_ms": 5000},  # both
+])
+def test_open_refuses_every_wrong_typed_time_field(fields):
+    service, runtime, transport = with_transport()
+    body = {"op": "open", "rid": 7, "client": "admin", "seq": 2, "auction": "y", **fields}
+    if not any(k in fields for k in ("closes_at_ms", "duration_ms")) and fields:
+        body["duration_ms"] = 60_000
+    receive(service, b"admin", pack(body))
+    (reply,) = [unpack(p) for _, p in replies_sent(transport)]
+    assert (reply["rid"], reply["ok"], reply["error"]) == (7, False, "bad_request"), reply
+    assert len(runtime.log) == 1  # nothing proposed
+
+
+def test_open_with_well_typed_times_is_proposed():
+    service, runtime, transport = with_transport()
+    receive(service, b"admin", pack({"op": "open", "rid": 7, "client": "admin", "seq": 2,
+                                     "auction": "y", "opens_at_ms": 1000, "duration_ms": 5}))
+    assert len(runtime.log) == 2
+    assert decode_request_fields(runtime.log[1][0])[3].closes_at_ms == 1005
+
+
+@pytest.mark.parametrize("body", [
+    {"op": "result", "auction": "x"},  # no rid
+    {"op": "result", "rid": None, "auction": "x"},
+    {"op": "result", "rid": 1, "auction": "x", "stale": "yes"},
+    {"op": "result", "rid": 1, "auction": "x", "stale": 1},
+    {"op": "bid", "rid": 1, "client": "c", "seq": 1, "auction": "x", "bidder": "b",
+     "amount": 5, "stream": "true"},
+])
+def test_a_missing_rid_or_a_non_boolean_flag_is_a_bad_request(body):
+    service, runtime, transport = with_transport()
+    receive(service, b"cli", pack(body))
+    (reply,) = [unpack(p) for _, p in replies_sent(transport)]
+    assert reply["error"] == "bad_request" and len(runtime.log) == 1

@@ -22,6 +22,8 @@ CLUSTER_TOPIC = b"feed/~cluster"  # leader changes
 MAX_REQUEST_BYTES = 64 * 1024  # one request frame, whether it holds one request or several
 MAX_REQUESTS_PER_FRAME = 1024
 MAX_REPLY_BYTES = 64 << 20
+MAX_RID = 2**63 - 1
+_FLAGS = ("stale", "stream")  # optional booleans of every request
 
 WRITE_OPS = frozenset({"bid", "open", "close"})
 READ_OPS = frozenset({"result", "history", "auctions", "events"})
@@ -102,11 +104,16 @@ def request_from(body: Any) -> ClientRequest:
     """Check one decoded request map's envelope (op and rid); raises ProtocolError."""
     if type(body) is not dict:
         raise ProtocolError("a request must be a msgpack map")
-    op, rid = body.get("op"), body.get("rid", 0)
-    if type(rid) is not int or not 0 <= rid < 2**63:
-        raise ProtocolError("'rid' must be an integer in [0, 2**63)")
+    op, rid = body.get("op"), body.get("rid")
+    if type(rid) is not int or not 0 <= rid <= MAX_RID:
+        # Required: a reply with a guessed rid could be matched to the wrong request.
+        raise ProtocolError("'rid' is required: an integer in 0..2**63-1")
     if type(op) is not str:
         raise ProtocolError("'op' must be a string", rid)
+    for flag in _FLAGS:
+        value = body.get(flag)
+        if value is not None and type(value) is not bool:
+            raise ProtocolError(f"{flag!r} must be true or false when given", rid)
     return ClientRequest(op, rid, body)
 
 
@@ -115,7 +122,7 @@ def rid_of(payload: bytes) -> int:
     try:
         body = unpack(payload, MAX_REQUEST_BYTES)
         rid = body.get("rid", 0) if type(body) is dict else 0
-        return rid if type(rid) is int and 0 <= rid < 2**63 else 0
+        return rid if type(rid) is int and 0 <= rid <= MAX_RID else 0
     except WireError:
         return 0
 

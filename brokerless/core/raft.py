@@ -39,7 +39,17 @@ from brokerless.messages import (
     VoteRequest,
     VoteResponse,
 )
-from brokerless.types import Entry, EntryKind, HardState, NodeId, Role, Snapshot, SnapshotMeta
+from brokerless.types import (
+    MAX_TERM,
+    MAX_TERM_JUMP,
+    Entry,
+    EntryKind,
+    HardState,
+    NodeId,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
 
 _FROM_LEADER = (Append, Heartbeat, InstallSnapshot)
 
@@ -215,6 +225,8 @@ class Core(LeaderMixin):
         self._reset_timer()
 
     def _campaign(self, pre: bool, transfer: bool = False) -> None:
+        if self.term >= MAX_TERM:
+            return  # no term left to ask for (unreachable: see MAX_TERM_JUMP)
         if pre:
             self.role = Role.PRE_CANDIDATE
             vote_term = self.term + 1  # asked for, not adopted: a lost pre-vote changes nothing
@@ -264,6 +276,9 @@ class Core(LeaderMixin):
         )
 
     def _accept_higher_term(self, msg: Message) -> bool:
+        if msg.term - self.term > MAX_TERM_JUMP:
+            self.ignored += 1  # see MAX_TERM_JUMP: only a forged or corrupt message does this
+            return False
         if isinstance(msg, VoteRequest):
             if self._in_lease() and not msg.transfer:
                 return False  # a live leader exists: do not let a rejoining node disrupt it

@@ -17,9 +17,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from brokerless.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from brokerless.types import MAX_INDEX, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 
-MAX_INT64 = 2**63 - 1  # sqlite's INTEGER range; every backend enforces it so they all agree
+MAX_INT64 = MAX_INDEX  # sqlite's INTEGER range, the one brokerless.types gives every component
 
 
 class StorageError(Exception):

@@ -4,8 +4,10 @@ A node is named by one address, "host:port", where its ROUTER listens; the node 
 string. Every node also binds a PUB socket on an ephemeral port of the same host and connects:
 
   * one DEALER per peer to the peer's ROUTER, with routing id = our node id, so the peer's
-    ROUTER can answer us and knows who we are (ROUTER_HANDOVER lets a restarted node take its
-    routing id back);
+    ROUTER can answer us and knows who we are. A routing id already connected is refused
+    (no ROUTER_HANDOVER: libzmq 4.3.5 aborts the process when many connections take over
+    one id in turn); a restarted peer gets its id back once ZMTP heartbeats or the closed
+    TCP connection retire the old one, within the heartbeat timeout;
   * one SUB per peer to the peer's PUB, once that endpoint is known. One SUB per peer (rather
     than one for all) tells us which peer published each message.
 
@@ -67,6 +69,13 @@ HELLO_INTERVAL_MAX_S = 3.2
 # peer froze, or the ROUTER handed its routing id to another connection) is noticed within
 # the timeout and re-established, instead of swallowing messages for ever.
 _KEEPALIVE = {zmq.HEARTBEAT_IVL: 200, zmq.HEARTBEAT_TIMEOUT: 600, zmq.HEARTBEAT_TTL: 1200}
+# Subscriptions reach a PUB socket as inbound messages: without a bound, 20 subscriptions of
+# 1 MB cost a node 1 GB (libzmq keeps each in its topic trie). Our topics are a few hundred
+# bytes at most; a longer subscription drops the subscriber's connection.
+MAX_SUBSCRIPTION_BYTES = 1024
+# A refused HELLO is logged at most this often (each is counted): a hostile sender must not
+# be able to flood the log (45,000 lines in 6 s before).
+REFUSAL_LOG_INTERVAL_S = 1.0
 _MAX_HELLO_BYTES = 4096
 _MAX_HELLO_FIELD_CHARS = 256
 _ENDPOINT = re.compile(r"tcp://([A-Za-z0-9._-]+):([0-9]{1,5})")
@@ -171,6 +180,7 @@ class ZmqTransport:
         self._sockets: list[zmq.Socket] = []
         self._closed = False
         self._topics: list[bytes] = []
+        self._last_refusal_log = -math.inf
         try:
             self._router = self._make_router(node_id, hwm, max_message_bytes)
             self._pub = self._make_pub(host, hwm)
@@ -212,7 +222,11 @@ class ZmqTransport:
                 zmq.SNDHWM: hwm,
                 zmq.RCVHWM: hwm,
                 zmq.MAXMSGSIZE: max_bytes,
-                zmq.ROUTER_HANDOVER: 1,  # a restarted peer reconnects with the same routing id
+                # Never hand a routing id over to a new connection: libzmq 4.3.5 aborts the
+                # whole process (`Assertion failed: !_io_error`) when dozens of connections
+                # reusing one id each send a frame. The old connection of a restarted peer is
+                # retired by its closed socket or the ZMTP heartbeat, so the id frees itself.
+                zmq.ROUTER_HANDOVER: 0,
                 zmq.ROUTER_MANDATORY: 1,  # so reply() can tell an unroutable identity (-> False)
                 **_KEEPALIVE,
             },
@@ -221,7 +235,7 @@ class ZmqTransport:
         return router
 
     def _make_pub(self, host: str, hwm: int) -> zmq.Socket:
-        pub = self._socket(zmq.PUB, {zmq.SNDHWM: hwm})
+        pub = self._socket(zmq.PUB, {zmq.SNDHWM: hwm, zmq.MAXMSGSIZE: MAX_SUBSCRIPTION_BYTES})
         self._bind(pub, f"tcp://{host}:*")
         return pub
 
@@ -433,8 +447,13 @@ class ZmqTransport:
 
     def _refuse(self, what: str, sender: object, hello: Hello, reason: str) -> None:
         self.stats.hellos_refused += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log < REFUSAL_LOG_INTERVAL_S:
+            return
+        self._last_refusal_log = now
         log.warning(
-            "%s refused %s from %r (id %r): %s", self.node_id, what, sender, hello.id, reason
+            "%s refused %s from %r (id %r): %s (%d refused so far)", self.node_id, what,
+            sender, hello.id, reason, self.stats.hellos_refused,
         )
 
     def _learn_pub(self, link: _PeerLink, endpoint: str) -> None:

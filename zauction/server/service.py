@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
@@ -21,12 +20,15 @@ from brokerless.types import Role
 from brokerless.wire import WireError, pack, unpack
 from zauction.auction.commands import (
     DEFAULT_AUCTION,
+    MAX_DURATION_MS,
     MAX_SEQ,
+    MAX_TIMESTAMP_MS,
     Bid,
     CloseAuction,
     InvalidCommand,
     OpenAuction,
     Request,
+    check_int,
     encode_request,
 )
 from zauction.auction.domain import AuctionState, Reply, UnknownAuction, reply_to_dict
@@ -35,6 +37,7 @@ from zauction.protocol import (
     FORWARD_KIND,
     FORWARD_REPLY_KIND,
     MAX_REPLY_BYTES,
+    MAX_REQUEST_BYTES,
     READ_OPS,
     WRITE_OPS,
     ClientRequest,
@@ -46,6 +49,7 @@ from zauction.protocol import (
     ok_reply,
     rid_of,
 )
+from zauction.server.backlog import FairBacklog
 
 log = logging.getLogger("zauction.server.service")
 
@@ -59,12 +63,12 @@ MAX_ANSWER_BYTES = MAX_REPLY_BYTES - 4096
 # Client requests served per loop iteration. Measured: a Ready of 1,024 bids kept the leader's
 # loop busy 80-155 ms, close to the 150 ms election timeout; 256 keep it well under.
 REQUESTS_PER_ITERATION = 256
-MAX_BACKLOG = 4096  # requests read beyond this many waiting are answered `busy` at once
 # A write that waited longer than this to be served is answered `busy` instead: queueing
 # beyond it would outlast clients' attempt timeouts (0.5-1 s), and their retries would then
 # arrive as duplicates on top of the flood (measured: collapse to 15% of peak at 1.5x load).
 MAX_QUEUE_WAIT_S = 0.25
 BUSY_RETRY_AFTER_MS = 20  # the hint sent with a `busy` reply: roughly one batch's commit time
+MAX_FORWARD_BYTES = MAX_REQUEST_BYTES + 64  # one request and the forward's small envelope
 
 
 def reply_frames(replies: list[bytes]) -> list[bytes]:
@@ -134,7 +138,8 @@ class Forward:
 
 class Service:
     def __init__(self, runtime: Replicator, state: AuctionState, status: Callable[[], dict],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 backlog: FairBacklog[Waiting] | None = None):
         self.runtime = runtime
         self.state = state
         self.status = status
@@ -147,7 +152,8 @@ class Service:
         # (client, seq) of each write proposed here and not yet applied -> who awaits it
         self._pending_writes: dict[tuple[str, int], list[tuple[int, Respond]]] = {}
         self._reply_box: dict[bytes, list[bytes]] = {}  # client identity -> replies to send
-        self._backlog: deque[Waiting] = deque()
+        # Keyed by the connection a request came on (a follower's forwards share its one).
+        self._backlog: FairBacklog[Waiting] = FairBacklog() if backlog is None else backlog
 
     @property
     def pending_writes(self) -> int:
@@ -222,15 +228,14 @@ class Service:
                 self.bad_requests += 1
                 self._reply_now(ident, error_reply(item.rid, ErrorCode.BAD_REQUEST, str(item)))
             else:
-                self._enqueue(item, single, self._replier(ident, item), False, arrival)
+                self._enqueue(ident, item, single, self._replier(ident, item), False, arrival)
 
-    def _enqueue(self, req: ClientRequest, payload: bytes | None, respond: Respond,
-                 forwarded: bool, arrival: float | None = None) -> None:
-        if len(self._backlog) >= MAX_BACKLOG:  # any op: the backlog must stay bounded
-            self._busy(req.rid, respond, f"{MAX_BACKLOG} requests already waiting; retry shortly")
-            return
+    def _enqueue(self, source: bytes, req: ClientRequest, payload: bytes | None,
+                 respond: Respond, forwarded: bool, arrival: float | None = None) -> None:
         when = self.clock() if arrival is None else arrival
-        self._backlog.append(Waiting(when, req, payload, respond, forwarded))
+        if not self._backlog.push(source, Waiting(when, req, payload, respond, forwarded)):
+            # Any op: the backlog stays bounded, and one connection cannot take all of it.
+            self._busy(req.rid, respond, "too many requests already waiting; retry shortly")
 
     @property
     def has_backlog(self) -> bool:
@@ -248,7 +253,7 @@ class Service:
         # Refusing a stale write is cheap but not free: at most 4x the budget per iteration.
         while backlog and served < REQUESTS_PER_ITERATION and popped < 4 * REQUESTS_PER_ITERATION:
             popped += 1
-            job = backlog.popleft()
+            job = backlog.pop()
             if job.arrival < stale_before and job.request.op in WRITE_OPS:
                 self._busy(job.request.rid, job.respond, f"waited over "
                            f"{MAX_QUEUE_WAIT_S * 1000:.0f} ms to be served; retry shortly")
@@ -263,7 +268,7 @@ class Service:
         elif req.op in WRITE_OPS:
             self._route(req, payload, respond, forwarded, self._write)
         elif req.op in READ_OPS:
-            if req.body.get("stale") is True:
+            if req.body.get("stale", False):  # a bool: the decoder refuses anything else
                 self._answer_read(req, respond)
             else:
                 self._route(req, payload, respond, forwarded, self._read)
@@ -325,8 +330,13 @@ class Service:
             respond(error_reply(rid, ErrorCode.UNAVAILABLE, "leader unreachable"))
 
     def _on_forwarded(self, event: Inbound) -> None:
+        if event.sender is None or len(event.payload) > MAX_FORWARD_BYTES:
+            # Only members forward, and a forward holds one request: anything else is refused
+            # before it is decoded (a 64 MiB map from an outsider stalled the loop 26 s).
+            self.bad_requests += 1
+            return
         try:
-            body = unpack(event.payload)
+            body = unpack(event.payload, MAX_FORWARD_BYTES)
             fid, inner = body["fid"], body["req"]
             if type(fid) is not int or type(inner) is not bytes:
                 raise TypeError
@@ -340,7 +350,7 @@ class Service:
 
         req = self._decode_or_refuse(inner, respond)
         if req is not None:  # queued like a client's own: the same bound on work per iteration
-            self._enqueue(req, inner, respond, forwarded=True)
+            self._enqueue(origin, req, inner, respond, forwarded=True)
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -407,8 +417,17 @@ class Service:
             return Bid(b.get("auction", DEFAULT_AUCTION), b["bidder"], b["amount"])
         if req.op == "close":
             return CloseAuction(b["auction"])
-        opens = b.get("opens_at_ms") or now_ms()
-        closes = b.get("closes_at_ms") or opens + b["duration_ms"]
+        # Only an absent field takes its default: null, [], "" or false is a wrong type, and
+        # the constructors (or check_int) refuse it, never read it as "not given".
+        opens = b["opens_at_ms"] if "opens_at_ms" in b else now_ms()
+        if ("closes_at_ms" in b) == ("duration_ms" in b):
+            raise InvalidCommand("closes_at_ms", "give exactly one of closes_at_ms and duration_ms")
+        if "closes_at_ms" in b:
+            closes = b["closes_at_ms"]
+        else:
+            check_int(b["duration_ms"], "duration_ms", 1, MAX_DURATION_MS)
+            check_int(opens, "opens_at_ms", 0, MAX_TIMESTAMP_MS)
+            closes = opens + b["duration_ms"]
         return OpenAuction(b["auction"], b.get("item", b["auction"]), b.get("reserve", 1),
                            b.get("increment", 1), opens, closes)
 
