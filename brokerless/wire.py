@@ -38,7 +38,7 @@ from brokerless.messages import (
 )
 from brokerless.types import MAX_INDEX, Entry, EntryKind
 
-MAX_MESSAGE_BYTES = 64 << 20  # default bound on one encoded message (matches the transport's)
+MAX_MESSAGE_BYTES = 16 << 20  # default bound on one encoded message (the transport's frame limit)
 MAX_INT = MAX_INDEX  # every integer field is in 0..2**63-1, the range brokerless.types gives
 MAX_NODE_ID_CHARS = 256
 _MAX_NODE_ID_BYTES = 4 * MAX_NODE_ID_CHARS  # UTF-8 upper bound, checked by msgpack itself

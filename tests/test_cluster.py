@@ -29,7 +29,7 @@ from harness import (
 )
 
 from brokerless.messages import VoteRequest
-from brokerless.wire import encode_message
+from brokerless.wire import MAX_MESSAGE_BYTES, encode_message
 from zauction.client.client import AuctionClient, BidRejected, ClusterUnavailable
 from zauction.client.feed import FeedWatcher
 from zauction.protocol import MAX_REQUEST_BYTES, ErrorCode
@@ -37,7 +37,7 @@ from zauction.protocol import MAX_REQUEST_BYTES, ErrorCode
 pytestmark = pytest.mark.processes
 
 FAILOVER_LIMIT_S = 5.0  # the first write acknowledged after a leader dies must come sooner
-ROUTER_MAX_MESSAGE_BYTES = 64 << 20  # brokerless.transport.zeromq's default max_message_bytes
+ROUTER_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES  # the transport's default max_message_bytes
 
 
 @pytest.fixture

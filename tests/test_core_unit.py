@@ -585,3 +585,26 @@ def test_random_input_never_raises_and_never_moves_term_or_commit_back(
         indexes = [e.index for e in core.log.entries]
         assert indexes == list(range(core.log.offset + 1, core.log.last_index + 1))
         term, commit = core.term, core.commit
+
+
+def test_an_append_carries_at_most_max_batch_bytes_of_entries_but_always_one() -> None:
+    core = elect(make(max_batch_bytes=1000))
+    for peer in ("n2", "n3"):  # acknowledge the leader's first entry: replication pipelines
+        core.step(AppendResponse(core.term, peer, "n1", True, core.log.last_index))
+    drain(core)
+    start = core.log.last_index + 1
+    for _ in range(5):
+        core.propose(b"x" * 400)
+    core.propose(b"y" * 3000)  # larger than the limit on its own
+    core.propose(b"z" * 10)
+    sent = [m for m in drain(core).messages if isinstance(m, Append) and m.dst == "n2"]
+    covered = []
+    while True:
+        for m in sent:
+            assert len(m.entries) == 1 or sum(len(e.data) for e in m.entries) <= 1000
+            covered.extend(e.index for e in m.entries)
+        if not sent or covered[-1] == core.log.last_index:
+            break
+        core.step(AppendResponse(core.term, "n2", "n1", True, covered[-1]))
+        sent = [m for m in drain(core).messages if isinstance(m, Append) and m.dst == "n2"]
+    assert covered == list(range(start, core.log.last_index + 1))

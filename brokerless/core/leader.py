@@ -97,13 +97,27 @@ class LeaderMixin:
         if prev_term is None:  # compacted away: only a snapshot can bring this follower on
             self._start_snapshot(peer, pr)
             return
-        entries = self.log.slice(pr.next, pr.next + self.cfg.max_batch_entries)
+        entries = self._batch(pr.next)
         if not entries and not allow_empty:
             return
         self.msgs.append(
             Append(self.term, self.id, peer, prev, prev_term, tuple(entries), self.commit)
         )
         pr.sent(entries[-1].index if entries else prev, bool(entries))
+
+    def _batch(self, start: int) -> list[Entry]:
+        """The entries of one append from `start`: at most max_batch_entries, and no more
+        bytes of data than max_batch_bytes unless a single entry is larger."""
+        entries = self.log.slice(start, start + self.cfg.max_batch_entries)
+        limit = self.cfg.max_batch_bytes
+        if len(entries) < 2 or sum(len(e.data) for e in entries) <= limit:
+            return entries
+        size = 0
+        for n, entry in enumerate(entries):
+            size += len(entry.data)
+            if size > limit:
+                return entries[: max(n, 1)]
+        return entries
 
     def _on_append_response(self, msg: AppendResponse) -> None:
         pr = self.progress.get(msg.src)

@@ -28,6 +28,9 @@ class Config:
     check_quorum: bool = True
     max_inflight: int = 256  # appends in flight to one follower
     max_batch_entries: int = 4096  # entries in one append
+    # Bytes of entry data in one append (at least one entry is always sent): keeps every
+    # consensus message well under the transport's frame limit, whatever the entries hold.
+    max_batch_bytes: int = 4 << 20
     snapshot_chunk_bytes: int = 1 << 20
     # Entries kept behind each snapshot, so a follower slightly behind it (restarted, or
     # just done installing an older snapshot) catches up by appends, not another snapshot.

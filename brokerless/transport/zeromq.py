@@ -49,7 +49,7 @@ from brokerless.transport.interface import (
     parse_address,
     valid_kind,
 )
-from brokerless.wire import MalformedFrame, pack, unpack
+from brokerless.wire import MAX_MESSAGE_BYTES, MalformedFrame, pack, unpack
 
 log = logging.getLogger("brokerless.transport")
 
@@ -163,7 +163,7 @@ class ZmqTransport:
         cluster_id: str = "",
         context: zmq.Context | None = None,
         hwm: int = 10_000,
-        max_message_bytes: int = 64 << 20,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         reconnect_ivl_ms: int = 100,
         reconnect_ivl_max_ms: int = 1000,
         max_batch: int = DEFAULT_MAX_BATCH,
