@@ -15,6 +15,7 @@ import zmq
 
 from zauction.client.client import AuctionClient
 from zauction.client.feed import FeedWatcher
+from zauction.protocol import CLUSTER_TOPIC, FEED_PREFIX, feed_topic
 
 CLIENT_PACKAGE = Path(__file__).resolve().parent.parent / "zauction" / "client"
 _pub_names = itertools.count()
@@ -78,15 +79,15 @@ def test_the_watcher_delivers_live_or_fetched_events_once_each(cluster: FakeClus
         assert dict(watcher.seen) == {"a": 2}  # the baseline: earlier bids are history
         events = iter(watcher)
         cluster.bids = 3
-        cluster.publish(b"feed/a", bid(3))
+        cluster.publish(feed_topic("a"), bid(3))
         assert take(events, 1) == [("a", 3)]
         cluster.bids = 6
-        cluster.publish(b"feed/a", bid(6))  # 4 and 5 never published: a gap
+        cluster.publish(feed_topic("a"), bid(6))  # 4 and 5 never published: a gap
         assert take(events, 3) == [("a", 4), ("a", 5), ("a", 6)]
         assert ("a", 3) in cluster.fetches
         cluster.bids = 7
-        cluster.publish(b"feed/ab", bid(1, "ab"))  # another auction, same topic prefix
-        cluster.publish(b"feed/a", bid(6), bid(5), bid(7))  # duplicates from another node
+        cluster.publish(feed_topic("ab"), bid(1, "ab"))  # another auction
+        cluster.publish(feed_topic("a"), bid(6), bid(5), bid(7))  # duplicates from another node
         assert take(events, 1) == [("a", 7)]
         assert watcher.filled >= 2 and watcher.seen["a"] == 7
 
@@ -133,3 +134,38 @@ def test_client_modules_import_no_circle_and_nothing_lazily() -> None:
 
     for module in graph:
         visit(module, ())
+
+
+def test_one_auctions_topic_is_never_a_prefix_of_anothers() -> None:
+    # ZeroMQ matches subscriptions by prefix: without a terminator, a subscriber to "a"
+    # would also hear "ab", and an auction named "~cluster" the leader changes.
+    names = ["a", "ab", "a/b", "~cluster", "default", "défault"]
+    topics = [feed_topic(n) for n in names] + [CLUSTER_TOPIC]
+    for one in topics:
+        assert one.startswith(FEED_PREFIX)
+        for other in topics:
+            assert one == other or not other.startswith(one), (one, other)
+
+
+def test_a_subscriber_to_one_auction_hears_only_its_topic_over_real_pub_sub() -> None:
+    ctx = zmq.Context()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    try:
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        sub.setsockopt(zmq.SUBSCRIBE, feed_topic("a"))
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        heard: list[bytes] = []
+        for _ in range(500):  # until the subscription has reached the PUB
+            pub.send_multipart([feed_topic("ab"), b"other"])
+            pub.send_multipart([feed_topic("a"), b"mine"])
+            if sub.poll(10):
+                heard.append(sub.recv_multipart()[0])
+                break
+        assert heard == [feed_topic("a")]
+        while sub.poll(50):
+            heard.append(sub.recv_multipart()[0])
+        assert set(heard) == {feed_topic("a")}
+    finally:
+        pub.close(linger=0)
+        sub.close(linger=0)
+        ctx.term()

@@ -503,3 +503,36 @@ def test_a_missing_rid_or_a_non_boolean_flag_is_a_bad_request(body):
     receive(service, b"cli", pack(body))
     (reply,) = [unpack(p) for _, p in replies_sent(transport)]
     assert reply["error"] == "bad_request" and len(runtime.log) == 1
+
+
+def test_a_failure_handling_one_request_answers_it_and_the_service_goes_on(monkeypatch):
+    service, runtime, transport = with_transport()
+
+    def broken_query(*args):
+        raise RuntimeError("a bug in a read")
+
+    monkeypatch.setattr(service, "_query", broken_query)
+    frame = pack({"op": "result", "rid": 5, "auction": "x", "stale": True}) + pack(
+        {"op": "status", "rid": 6})
+    service.on_inbound(Inbound(b"cli", None, b"C", frame))
+    service.serve_backlog()
+    answers = [(r["rid"], r["ok"], r.get("error")) for r in
+               (unpack(p) for _, p in replies_sent(transport))]
+    assert answers == [(5, False, "internal"), (6, True, None)]
+    assert service.internal_errors == 1
+    receive(service, b"cli", pack(bid_body(7, 1, 5)))  # and writes still work
+    assert len(runtime.log) == 2
+
+
+def test_a_failure_reading_a_frame_answers_it_and_is_counted(monkeypatch):
+    import zauction.server.service
+
+    def broken_decode(payload):
+        raise RuntimeError("a bug in the decoder")
+
+    service, runtime, transport = with_transport()
+    monkeypatch.setattr(zauction.server.service, "decode_requests", broken_decode)
+    service.on_inbound(Inbound(b"cli", None, b"C", pack({"op": "status", "rid": 9})))
+    ((to, payload),) = replies_sent(transport)
+    assert to == b"cli" and unpack(payload)["error"] == "internal" and unpack(payload)["rid"] == 9
+    assert service.internal_errors == 1

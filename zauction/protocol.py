@@ -16,8 +16,17 @@ from brokerless.wire import WireError, pack, unpack, unpack_stream
 CLIENT_KIND = b"C"  # client request / reply
 FORWARD_KIND = b"F"  # a node forwards a client request to the leader
 FORWARD_REPLY_KIND = b"FR"  # the leader's answer to a forwarded request
-FEED_PREFIX = b"feed/"  # PUB topic prefix of the live feed: feed/<auction>
-CLUSTER_TOPIC = b"feed/~cluster"  # leader changes
+FEED_PREFIX = b"feed/"  # PUB topic prefix of the live feed: feed/<auction>\0
+# A topic ends with a NUL byte, which no auction name may hold (names are printable), so a
+# subscription to one auction's topic never also matches another's under ZeroMQ's prefix
+# matching (feed/a\0 is not a prefix of feed/ab\0).
+TOPIC_END = b"\x00"
+CLUSTER_TOPIC = b"feed/~cluster" + TOPIC_END  # leader changes ("~" starts no auction name)
+
+
+def feed_topic(auction: str) -> bytes:
+    """The PUB topic of one auction's events."""
+    return FEED_PREFIX + auction.encode() + TOPIC_END
 
 MAX_REQUEST_BYTES = 64 * 1024  # one request frame, whether it holds one request or several
 MAX_REQUESTS_PER_FRAME = 1024
@@ -43,6 +52,7 @@ class ErrorCode:
     OUTCOME_UNKNOWN = "outcome_unknown"  # leadership changed mid-write: retry with the same seq
     TIMEOUT = "timeout"  # the node gave up waiting (forwarding, commit): retry, same seq
     BUSY = "busy"  # the leader has too many writes in flight: retry after `retry_after_ms`
+    INTERNAL = "internal"  # the node failed handling this request (a bug): counted, logged
 
 
 class ProtocolError(Exception):

@@ -1,9 +1,10 @@
 """FeedWatcher: the live feed, gapless, from every node at once (the Clone pattern).
 
-Each node publishes every committed event on PUB topic `feed/<auction>`. The watcher
-subscribes to all nodes, so a leader change or a dead node loses nothing; what to deliver,
-drop or fetch again is decided by a FeedLog (zauction.client.feedlog), and the watcher does
-the I/O it asks for: the SUB socket, and `auctions` / `events` requests through a client.
+Each node publishes every committed event on PUB topic `feed/<auction>\0` (see
+zauction.protocol.feed_topic). The watcher subscribes to all nodes, so a leader change or a
+dead node loses nothing; what to deliver, drop or fetch again is decided by a FeedLog
+(zauction.client.feedlog), and the watcher does the I/O it asks for: the SUB socket, and
+`auctions` / `events` requests through a client.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import zmq
 from brokerless.wire import WireError, unpack
 from zauction.client.errors import ClientError
 from zauction.client.feedlog import RESYNC_IDLE_S, FeedLog
-from zauction.protocol import CLUSTER_TOPIC, FEED_PREFIX
+from zauction.protocol import CLUSTER_TOPIC, FEED_PREFIX, feed_topic
 
 POLL_MS = 200  # how long one wait for a feed message lasts before the quiet check
 PUB_HELLO_TIMEOUT_S = 0.5
@@ -61,7 +62,7 @@ class FeedWatcher:
         return self.log.filled
 
     def __enter__(self) -> FeedWatcher:
-        topic = FEED_PREFIX + self.auction.encode() if self.auction else FEED_PREFIX
+        topic = feed_topic(self.auction) if self.auction else FEED_PREFIX
         self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         if self.auction:
             self.sub.setsockopt(zmq.SUBSCRIBE, CLUSTER_TOPIC)

@@ -149,6 +149,8 @@ class Service:
         self.bad_requests = 0
         self.busy_replies = 0
         self.client_requests = 0
+        self.internal_errors = 0  # requests we failed on (bugs): answered `internal`
+        self._last_internal_log = -1e9
         # (client, seq) of each write proposed here and not yet applied -> who awaits it
         self._pending_writes: dict[tuple[str, int], list[tuple[int, Respond]]] = {}
         self._reply_box: dict[bytes, list[bytes]] = {}  # client identity -> replies to send
@@ -163,12 +165,27 @@ class Service:
     # --- entry points from the loop ----------------------------------------------------
 
     def on_inbound(self, event: Inbound) -> None:
-        if event.kind == CLIENT_KIND:
-            self._on_client(event.origin, event.payload)
-        elif event.kind == FORWARD_KIND:
-            self._on_forwarded(event)
-        else:
-            self.bad_requests += 1
+        try:
+            if event.kind == CLIENT_KIND:
+                self._on_client(event.origin, event.payload)
+            elif event.kind == FORWARD_KIND:
+                self._on_forwarded(event)
+            else:
+                self.bad_requests += 1
+        except Exception:  # noqa: BLE001 - one frame must never end the node's loop
+            self._internal_error("a frame")
+            if event.kind == CLIENT_KIND:
+                self._reply_now(event.origin, error_reply(
+                    rid_of(event.payload), ErrorCode.INTERNAL, "the node failed on this frame"))
+
+    def _internal_error(self, what: str) -> None:
+        """Count a failure of ours while handling `what`; log it (with its traceback) at most
+        once a second, so input that triggers it cannot flood the log."""
+        self.internal_errors += 1
+        now = self.clock()
+        if now - self._last_internal_log >= 1.0:
+            self._last_internal_log = now
+            log.exception("failed handling %s (%d failures so far)", what, self.internal_errors)
 
     def on_peer_reply(self, event: PeerReply) -> None:
         if event.kind != FORWARD_REPLY_KIND:
@@ -258,8 +275,16 @@ class Service:
                 self._busy(job.request.rid, job.respond, f"waited over "
                            f"{MAX_QUEUE_WAIT_S * 1000:.0f} ms to be served; retry shortly")
             else:
-                self._serve(job.request, job.frame, job.respond, job.forwarded)
+                self._serve_guarded(job)
                 served += 1
+
+    def _serve_guarded(self, job: Waiting) -> None:
+        try:
+            self._serve(job.request, job.frame, job.respond, job.forwarded)
+        except Exception:  # noqa: BLE001 - answer this request, keep serving the others
+            self._internal_error(f"a {job.request.op!r} request")
+            job.respond(error_reply(job.request.rid, ErrorCode.INTERNAL,
+                                    "the node failed on this request"))
 
     def _serve(self, req: ClientRequest, payload: bytes | None, respond: Respond,
                forwarded: bool) -> None:
