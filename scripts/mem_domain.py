@@ -45,10 +45,11 @@ def structure_sizes(state: AuctionState) -> dict[str, int]:
     """Lengths of every container the state keeps (private on purpose: this is a probe)."""
     retention = state._retention
     return {
-        "auctions": len(state._auctions), "open": len(state._open),
+        "auctions": len(state._auctions), "open": state.open_auction_count,
         "sessions": len(state._sessions), "events": len(state._events),
         "retained": retention.retained, "open_order": len(retention.open_order),
-        "closed": len(retention.closed), "closed_with_bids": len(retention.closed_with_bids),
+        "closed": state.closed_auction_count, "deadlines": len(state._deadlines),
+        "closed_with_bids": len(retention.closed_with_bids),
     }
 
 

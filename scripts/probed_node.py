@@ -49,7 +49,7 @@ def container_sizes(node: Any) -> dict[str, int]:
         "closing": len(node._closing), "outbox": len(node._outbox),
         "auctions": len(state._auctions), "sessions": len(state._sessions),
         "events": len(state._events), "retained": retention.retained,
-        "open_order": len(retention.open_order), "closed": len(retention.closed),
+        "open_order": len(retention.open_order), "closed": state.closed_auction_count,
     }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -10,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zauction.auction import domain
 from zauction.auction.commands import (
     MAX_AMOUNT,
     MAX_DURATION_MS,
@@ -18,6 +21,7 @@ from zauction.auction.commands import (
     Bid,
     CloseAuction,
     EnsureDefault,
+    ForgetAuction,
     InvalidCommand,
     OpenAuction,
     Reason,
@@ -28,6 +32,8 @@ from zauction.auction.commands import (
     encode_request,
 )
 from zauction.auction.domain import (
+    MAX_DUE_PER_CALL,
+    SNAPSHOT_VERSION,
     ApplyOrderError,
     AuctionClosed,
     AuctionOpened,
@@ -89,15 +95,18 @@ def driver() -> Driver:
 
 names = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Zs", "Cf", "Co",
                                                     "Cn")), min_size=1, max_size=64)
+# Auction names starting with "~" are reserved: OpenAuction refuses them.
+auction_names = names.filter(lambda name: not name.startswith("~"))
 amounts = st.integers(1, MAX_AMOUNT)
 # Biased towards both ends of the clock, where deadline arithmetic could overflow.
 times = st.integers(0, 10**6) | st.integers(MAX_TIMESTAMP_MS - 10**6, MAX_TIMESTAMP_MS)
 commands = st.one_of(
     st.builds(Bid, names, names, amounts),
     st.builds(CloseAuction, names),
+    st.builds(ForgetAuction, names),
     st.builds(EnsureDefault, names, st.integers(1, MAX_DURATION_MS), names, amounts, amounts),
     st.integers(0, MAX_TIMESTAMP_MS - 1).flatmap(
-        lambda t: st.builds(OpenAuction, names, names, amounts, amounts, st.just(t),
+        lambda t: st.builds(OpenAuction, auction_names, names, amounts, amounts, st.just(t),
                             st.integers(t + 1, MAX_TIMESTAMP_MS))),
 )
 
@@ -189,6 +198,36 @@ def test_request_envelope_is_validated(client: Any, seq: Any, ts: Any, cmd: Any,
 def test_ensure_default_duration_must_be_positive() -> None:
     with pytest.raises(InvalidCommand, match="duration_ms"):
         EnsureDefault(duration_ms=0)
+
+
+@pytest.mark.parametrize("name", ["~cluster", "~", "~a lamp"])
+def test_auction_names_starting_with_a_tilde_are_reserved(name: str) -> None:
+    # "feed/~cluster" is the leader-change topic: no auction may publish there.
+    with pytest.raises(InvalidCommand) as caught:
+        OpenAuction(name, "lamp", 1, 1, 0, 1_000)
+    assert (caught.value.field, caught.value.reason) == ("auction", Reason.INVALID)
+    assert "reserved" in str(caught.value)
+    assert OpenAuction("a~" + name, "lamp", 1, 1, 0, 1_000).auction == "a~" + name
+
+
+def test_a_reserved_name_is_refused_on_the_wire_and_by_ensure_default() -> None:
+    d = Driver()
+    wire = msgpack.packb([1, "c", 1, 2_000, ["open", "~cluster", "x", 1, 1, 0, 9_000]])
+    reply = d.raw(wire)
+    assert (reply.ok, reply.reason) == (False, Reason.INVALID) and "auction" in reply.detail
+    late = d.send(EnsureDefault(auction="~cluster"))
+    assert (late.ok, late.reason) == (False, Reason.INVALID)
+    assert d.state.auctions() == [] and d.state.drain_events() == []
+
+
+def test_an_auction_with_a_reserved_name_from_an_older_snapshot_still_restores() -> None:
+    # Opened before the rule existed: the node must still restart from its snapshot.
+    d = Driver()
+    d.send(OpenAuction("tilde", "lamp", 1, 1, 0, 9_000))
+    wire = msgpack.unpackb(d.state.snapshot(), raw=False)
+    wire[2][0][0] = "~tilde"
+    restored = AuctionState.from_snapshot(msgpack.packb(wire))
+    assert restored.result("~tilde")["state"] == "open"
 
 
 # --- invalid payloads: a reply, never an exception, never a change ----------------------
@@ -561,7 +600,8 @@ def test_seq_continues_after_a_restore_though_the_snapshot_does_not_store_it() -
     resumed.bid("bo", 7)
     resumed.send(CloseAuction("a"))
     assert [e.seq for e in resumed.state.drain_events()] == [3, 4]
-    assert msgpack.unpackb(snap, raw=False)[0] == 2  # the snapshot format is unchanged
+    # Version 3 added each auction's opener and open index; still no seq is stored.
+    assert msgpack.unpackb(snap, raw=False)[0] == SNAPSHOT_VERSION == 3
 
 
 def test_last_feed_seq_counts_the_close() -> None:
@@ -586,19 +626,41 @@ def retaining_five() -> Driver:
 
 
 def test_events_after_rebuilds_bids_and_close_in_the_documented_shape() -> None:
+    # The live events' keys: term None (not kept), index the entry that made the event.
     d = retaining_five()
     assert d.state.events_after("a", 11) == [
         {"type": "bid_accepted", "auction": "a", "seq": 12, "index": 13, "bidder": "bo",
-         "amount": 112}]
+         "amount": 112, "term": None}]
     d.send(CloseAuction("a"))
     assert d.state.events_after("a", 12) == [
-        {"type": "auction_closed", "auction": "a", "seq": 13, "winner": "bo", "amount": 112}]
+        {"type": "auction_closed", "auction": "a", "seq": 13, "winner": "bo", "amount": 112,
+         "index": 14, "term": None}]
     d.send(open_far("empty"))
     d.send(CloseAuction("empty"))
     assert d.state.events_after("empty", 0) == [
         {"type": "auction_closed", "auction": "empty", "seq": 1, "winner": None,
-         "amount": None}]
+         "amount": None, "index": 16, "term": None}]
     assert d.state.events_after("empty", 1) == []
+    assert d.state.events_after("empty", -1) == [
+        {"type": "auction_opened", "auction": "empty", "seq": 0, "item": "empty", "reserve": 1,
+         "increment": 1, "opens_at_ms": 0, "closes_at_ms": FAR_MS, "index": 15, "term": None},
+        {"type": "auction_closed", "auction": "empty", "seq": 1, "winner": None,
+         "amount": None, "index": 16, "term": None}]
+    assert [list(e) for e in d.state.events_after("empty", -1)] == [  # the live key order
+        list(AuctionOpened(15, 1, "empty", "empty", 1, 1, 0, FAR_MS, 0).to_dict()),
+        list(AuctionClosed(16, 1, "empty", None, None, 1).to_dict())]
+
+
+def test_the_opening_is_rebuilt_only_when_after_seq_is_below_its_seq() -> None:
+    # seq 0 is the opening: after_seq 0 means "I have it", so only -1 (nothing delivered
+    # yet) brings it, before the snapshot event when the bids are no longer all retained.
+    d = retaining_five()
+    assert [e["type"] for e in d.state.events_after("a", 0)][:2] == ["snapshot",
+                                                                     "bid_accepted"]
+    assert [(e["type"], e["seq"]) for e in d.state.events_after("a", -1)][:3] == [
+        ("auction_opened", 0), ("snapshot", 7), ("bid_accepted", 8)]
+    assert d.state.events_after("a", -5) == d.state.events_after("a", -1)
+    assert [e["seq"] for e in d.state.events_after("a", 11)] == [12]
 
 
 def test_events_after_of_an_unknown_auction_raises() -> None:
@@ -610,7 +672,8 @@ def test_events_after_of_an_unknown_auction_raises() -> None:
 @given(st.integers(0, 2**32))
 def test_rebuilt_events_agree_with_the_live_ones(seed: int) -> None:
     """With every bid retained, events_after(a, 0) is the live feed of `a` after its opening,
-    without the term; each auction's live seqs count up by one from 0."""
+    without the term; each auction's live seqs count up by one from 0. events_after(a, -1)
+    is the whole live feed, every event with the same keys and values but term None."""
     state = AuctionState()
     feed(state, random_stream(seed, 300))
     live: dict[str, list[dict[str, Any]]] = {}
@@ -627,6 +690,8 @@ def test_rebuilt_events_agree_with_the_live_ones(seed: int) -> None:
                 == [{k: e[k] for k in kept if k in e} for e in events[1:]])
         assert ([e["index"] for e in rebuilt if e["type"] == "bid_accepted"]
                 == [e["index"] for e in events if e["type"] == "bid_accepted"])
+        assert state.events_after(auction, -1) == [{**e, "term": None} for e in events]
+        assert state.events_after(auction, 0) == [{**e, "term": None} for e in events[1:]]
 
 
 @pytest.mark.parametrize("bad", [
@@ -677,13 +742,13 @@ def test_result_history_and_auctions(driver: Driver) -> None:
         "opens_at_ms": 1_000, "closes_at_ms": 5_000, "bids": 2, "retained_bids": 2,
     }
     assert driver.state.history("a") == [
-        {"index": 3, "bidder": "alice", "amount": 100, "ts_ms": 1_500},
-        {"index": 4, "bidder": "bob", "amount": 110, "ts_ms": 1_600},
+        {"index": 3, "bidder": "alice", "amount": 100, "ts_ms": 1_500, "seq": 1},
+        {"index": 4, "bidder": "bob", "amount": 110, "ts_ms": 1_600, "seq": 2},
     ]
     assert [a["auction"] for a in driver.state.auctions()] == ["a", "b"]
     assert driver.state.due_to_close(2_999) == []
     assert driver.state.due_to_close(3_000) == ["b"]
-    assert driver.state.due_to_close(5_000) == ["a", "b"]
+    assert driver.state.due_to_close(5_000) == ["b", "a"]  # earliest deadline first
 
 
 def test_queries_on_unknown_auctions_raise() -> None:
@@ -693,6 +758,178 @@ def test_queries_on_unknown_auctions_raise() -> None:
     with pytest.raises(UnknownAuction):
         state.history("ghost")
     assert state.auctions() == [] and state.due_to_close(10**12) == []
+
+
+# --- deadlines: the queue due_to_close reads -------------------------------------------------
+
+
+class LineBudgetExceeded(Exception):
+    pass
+
+
+def domain_lines_run(work: Callable[[], object], budget: int) -> int:
+    """How many lines of zauction/auction/domain.py work() executes: a count of operations
+    that does not depend on the machine's speed or load. Stops work() once over `budget`."""
+    count = 0
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+            if count > budget:
+                raise LineBudgetExceeded
+        return local
+
+    def calls(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename == domain.__file__ else None
+
+    previous = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        work()
+    except LineBudgetExceeded:
+        pass
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def opened(count: int, first_deadline: int = 10_000) -> AuctionState:
+    """`count` open auctions: a{n} closes at first_deadline + n (so the name order, a0 a1
+    a10 a100..., is not the deadline order)."""
+    state = AuctionState(max_pending_events=1)
+    for n in range(count):
+        state.apply_request(n + 1, 1, Request("", 0, 0, OpenAuction(
+            f"a{n}", "x", 1, 1, 0, first_deadline + n)))
+    return state
+
+
+@pytest.fixture(scope="module")
+def idle_100k() -> AuctionState:
+    return opened(100_000)  # read only: the tests using it must not change it
+
+
+def test_due_to_close_costs_o1_per_call_while_nothing_is_due(idle_100k: AuctionState) -> None:
+    # A scan looks at every open auction: 100,000 lines of domain code per call at least.
+    lines = domain_lines_run(lambda: [idle_100k.due_to_close(9_999) for _ in range(1_000)],
+                             budget=20 * 1_000)
+    assert lines <= 20 * 1_000, "due_to_close scanned the open auctions"
+    assert idle_100k.due_to_close(9_999) == [] and idle_100k.open_auction_count == 100_000
+
+
+def test_due_to_close_costs_in_proportion_to_the_due(idle_100k: AuctionState) -> None:
+    due: list[str] = []
+    lines = domain_lines_run(lambda: due.extend(idle_100k.due_to_close(10_009)), budget=600)
+    assert lines <= 600, "due_to_close looked at more than the due auctions"
+    assert due == [f"a{n}" for n in range(10)]  # earliest deadline first
+
+
+def test_due_to_close_returns_at_most_its_limit_earliest_first_and_only_peeks() -> None:
+    d = Driver(opened(2_500))
+    due = d.state.due_to_close(10**9)
+    assert due == [f"a{n}" for n in range(MAX_DUE_PER_CALL)]
+    assert d.state.due_to_close(10**9) == due  # not taken off: a failed close is asked again
+    assert d.state.due_to_close(10**9, limit=3) == ["a0", "a1", "a2"]
+    for name in due:
+        d.send(CloseAuction(name))
+    assert d.state.due_to_close(10**9) == [f"a{n}" for n in range(1_000, 2_000)]
+
+
+def test_due_to_close_orders_by_deadline_then_name_and_never_returns_a_closed_one() -> None:
+    d = Driver()
+    for name, closes in [("late", 900), ("b", 500), ("a", 500), ("early", 100), ("x", 300)]:
+        d.send(OpenAuction(name, "t", 1, 1, 0, closes))
+    assert d.state.due_to_close(500) == ["early", "x", "a", "b"]
+    d.send(CloseAuction("x"))  # at its deadline
+    d.send(CloseAuction("late"))  # early, before its deadline
+    assert d.state.due_to_close(10**9) == ["early", "a", "b"]
+    d.send(CloseAuction("a"))
+    d.send(ForgetAuction("a"))
+    d.send(OpenAuction("a", "again", 1, 1, 0, 700))  # the name reopened, a later deadline
+    assert d.state.due_to_close(600) == ["early", "b"]
+    assert d.state.due_to_close(700) == ["early", "b", "a"]
+
+
+def test_due_to_close_survives_snapshots_including_version_2() -> None:
+    d = Driver()
+    for name, closes in [("c", 300), ("a", 200), ("b", 100), ("d", 400)]:
+        d.send(OpenAuction(name, "t", 1, 1, 0, closes))
+    d.send(CloseAuction("a"))
+    snap = d.state.snapshot()
+    restored = AuctionState.from_snapshot(snap)
+    assert restored.due_to_close(350) == d.state.due_to_close(350) == ["b", "c"]
+    wire = msgpack.unpackb(snap, raw=False)  # the same state as a version 2 snapshot
+    old = msgpack.packb([2, wire[1], [row[:10] for row in wire[2]], wire[3]])
+    assert AuctionState.from_snapshot(old).due_to_close(10**9) == ["b", "c", "d"]
+
+
+def test_due_to_close_agrees_with_a_scan_through_opens_closes_forgets_and_restores() -> None:
+    rng = random.Random(11)
+    d = Driver()
+    for _ in range(4_000):
+        roll, name = rng.random(), f"x{rng.randrange(200)}"
+        if roll < 0.45:
+            d.send(OpenAuction(name, "t", 1, 1, 0, rng.randrange(1, 400)))
+        elif roll < 0.75:
+            d.send(CloseAuction(name))
+        elif roll < 0.97:
+            d.send(ForgetAuction(name))
+        else:
+            d = Driver(AuctionState.from_snapshot(d.state.snapshot()))
+        now, limit = rng.randrange(400), rng.choice((1, 5, 1_000))
+        scan = sorted((a["closes_at_ms"], a["auction"]) for a in d.state.auctions()
+                      if a["state"] == "open" and a["closes_at_ms"] <= now)
+        assert d.state.due_to_close(now, limit) == [name for _, name in scan[:limit]]
+
+
+def test_the_deadline_queue_does_not_keep_what_closed_early() -> None:
+    # Entries of closed auctions are dropped lazily: they must not pile up when auctions
+    # close long before their deadline (closed by a client) or are forgotten and reopened.
+    d = Driver()
+    for n in range(5_000):
+        d.send(open_far(f"e{n}"))
+        d.send(CloseAuction(f"e{n}"))
+        d.send(ForgetAuction(f"e{n}"))
+        d.send(open_far("same"))
+        d.send(CloseAuction("same"))
+        d.send(ForgetAuction("same"))
+    d.send(open_far("kept"))
+    assert len(d.state._deadlines) <= 2 * d.state.open_auction_count + 1_024 + 1
+    assert d.state.due_to_close(FAR_MS) == ["kept"]
+
+
+class FakeRuntime:
+    """What AuctionNode._leader_duties uses of the brokerless Runtime."""
+
+    term = 1
+
+    def __init__(self) -> None:
+        self.proposals: list[tuple[Any, Callable[[Any, BaseException | None], None]]] = []
+
+    def propose(self, data: bytes, callback: Any, admit_always: bool = False) -> int:
+        self.proposals.append((decode_request(data).cmd, callback))
+        return len(self.proposals)
+
+
+def test_the_leader_proposes_each_due_close_once_and_again_if_it_failed() -> None:
+    from zauction.server.node import AuctionNode
+
+    state = opened(1_500, first_deadline=1_000)  # all due: now_ms() is the real clock
+    node = AuctionNode.__new__(AuctionNode)  # just what the leader's duties use
+    node.state, node.runtime, node._closing = state, FakeRuntime(), set()
+    node._default_proposed_term = FakeRuntime.term  # the default auction is not the point
+    proposals = node.runtime.proposals
+    node._leader_duties()
+    assert [cmd for cmd, _ in proposals] == [CloseAuction(f"a{n}")
+                                             for n in range(MAX_DUE_PER_CALL)]
+    node._leader_duties()  # all in flight: nothing proposed twice
+    assert len(proposals) == MAX_DUE_PER_CALL
+    proposals[0][1](None, RuntimeError("lost in a leader change"))  # a0's proposal failed
+    closed = state.apply_request(2_000, 1, Request("", 0, 5_000, proposals[1][0]))
+    proposals[1][1](closed, None)  # a1 closed
+    node._leader_duties()
+    assert [cmd for cmd, _ in proposals[MAX_DUE_PER_CALL:]] == [CloseAuction("a0"),
+                                                                CloseAuction("a1000")]
 
 
 # --- determinism and snapshots ---------------------------------------------------------------
@@ -826,3 +1063,34 @@ def test_history_and_events_after_take_any_after_seq_without_raising():
         assert state.history("a", huge) == []
         assert state.events_after("a", huge) == []
     assert [b["amount"] for b in state.history("a", 0)] == [5]
+
+
+def test_history_events_and_auctions_page_by_cursor_and_limit(driver: Driver) -> None:
+    for name in ("c", "b", "d"):
+        driver.send(OpenAuction(name, "thing", 1, 1, 0, 3_000))
+    for n in range(7):
+        driver.bid(f"bidder{n}", 100 + 10 * n, ts=1_500 + n)
+    state = driver.state
+    whole = state.history("a")
+    pages, after = [], 0
+    while True:
+        page = state.history("a", after, limit=3)
+        assert len(page) <= 3
+        if not page:
+            break
+        pages.extend(page)
+        after = page[-1]["seq"]
+    assert pages == whole and [h["seq"] for h in whole] == list(range(1, 8))
+    assert state.history("a", 2**63 - 1, limit=3) == []
+    events = state.events_after("a", -1)
+    paged, after = [], -1
+    while page := state.events_after("a", after, limit=2):
+        assert len(page) <= 2
+        paged.extend(page)
+        after = page[-1]["seq"]
+    assert paged == events
+    names = [a["auction"] for a in state.auctions()]
+    assert names == ["a", "b", "c", "d"]
+    assert [a["auction"] for a in state.auctions(limit=2)] == ["a", "b"]
+    assert [a["auction"] for a in state.auctions("b", limit=2)] == ["c", "d"]
+    assert state.auctions("d", limit=2) == []

@@ -109,10 +109,12 @@ def test_a_fetch_that_brings_more_than_the_gap_delivers_it_all_once() -> None:
     assert log.offer(bid(4)) == []
 
 
-def test_a_gap_before_any_event_fetches_after_seq_0() -> None:
+def test_a_gap_before_any_event_fetches_from_the_opening() -> None:
     log = FeedLog()
     assert log.offer(bid(3)) == []
-    assert log.gaps() == [Gap("a", 0)]
+    assert log.gaps() == [Gap("a", -1)]  # events after -1 start with the auction's opening
+    out = log.fill("a", [opened(), bid(1, term=None), bid(2, term=None)])
+    assert seqs(out) == [("a", 0), ("a", 1), ("a", 2), ("a", 3)]
 
 
 def test_events_heard_while_a_gap_is_open_wait_behind_it_in_seq_order() -> None:

@@ -42,6 +42,7 @@ EXPECTED_KIND = {
     ErrorCode.OUTCOME_UNKNOWN: Retry,  # retry with the same seq
     ErrorCode.TIMEOUT: Retry,  # retry, same seq
     ErrorCode.BUSY: BackOff,  # wait retry_after_ms, retry at the same node
+    ErrorCode.INTERNAL: Failed,  # a bug at the node: report it (a write may or may not be in)
 }
 
 

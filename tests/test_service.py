@@ -408,7 +408,7 @@ def read_replies(service: Service, runtime: ScriptedRuntime, body: dict) -> list
 def test_an_after_seq_beyond_any_seq_is_a_bad_request_and_the_loop_goes_on():
     # Once it raised in the node loop (islice refuses ints past sys.maxsize): the node died.
     service, runtime = make()
-    for after in (2**64 - 1, -1, 2**63):
+    for after in (2**64 - 1, -2, 2**63, True, "1"):  # -1 asks for the opening too
         (reply,) = read_replies(service, runtime, {"op": "events", "rid": 5, "auction": "x",
                                                    "after_seq": after, "stale": True})
         assert reply["error"] == "bad_request" and "after_seq" in reply["message"]
@@ -511,7 +511,9 @@ def test_a_failure_handling_one_request_answers_it_and_the_service_goes_on(monke
     def broken_query(*args):
         raise RuntimeError("a bug in a read")
 
-    monkeypatch.setattr(service, "_query", broken_query)
+    import zauction.server.reads
+
+    monkeypatch.setattr(zauction.server.reads, "answer", broken_query)
     frame = pack({"op": "result", "rid": 5, "auction": "x", "stale": True}) + pack(
         {"op": "status", "rid": 6})
     service.on_inbound(Inbound(b"cli", None, b"C", frame))
@@ -536,3 +538,34 @@ def test_a_failure_reading_a_frame_answers_it_and_is_counted(monkeypatch):
     ((to, payload),) = replies_sent(transport)
     assert to == b"cli" and unpack(payload)["error"] == "internal" and unpack(payload)["rid"] == 9
     assert service.internal_errors == 1
+
+
+def test_paged_reads_return_a_cursor_and_every_item_once(monkeypatch):
+    service, runtime = make()
+    for n in range(1, 8):
+        bid(service, rid=n, seq=n, amount=5 * n, replies=[])
+    runtime.apply_all()
+    items, after, pages = [], 0, 0
+    while True:
+        (reply,) = read_replies(service, runtime, {"op": "history", "rid": 9, "auction": "x",
+                                                   "after_seq": after, "limit": 3,
+                                                   "stale": True})
+        assert reply["ok"] and len(reply["result"]) <= 3
+        items.extend(reply["result"])
+        pages += 1
+        if reply["next"] is None:
+            break
+        after = reply["next"]
+    assert [i["amount"] for i in items] == [5 * n for n in range(1, 8)] and pages == 3
+    (opened, *rest), = [r["result"] for r in read_replies(
+        service, runtime, {"op": "events", "rid": 10, "auction": "x", "after_seq": -1,
+                           "stale": True})]
+    assert opened["type"] == "auction_opened" and len(rest) == 7
+    (reply,) = read_replies(service, runtime, {"op": "auctions", "rid": 11, "limit": 1,
+                                               "stale": True})
+    assert [a["auction"] for a in reply["result"]] == ["x"] and reply["next"] is None
+    for bad in ({"limit": 0}, {"limit": 10**6}, {"limit": True}, {"after": 5},
+                {"after": "a" * 65}):
+        (reply,) = read_replies(service, runtime, {"op": "auctions", "rid": 12,
+                                                   "stale": True, **bad})
+        assert reply["error"] == "bad_request", bad

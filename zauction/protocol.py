@@ -30,11 +30,13 @@ def feed_topic(auction: str) -> bytes:
 
 MAX_REQUEST_BYTES = 64 * 1024  # one request frame, whether it holds one request or several
 MAX_REQUESTS_PER_FRAME = 1024
-MAX_REPLY_BYTES = 64 << 20
+# One reply frame. A follower relays the leader's answer inside a peer message, whose frame
+# limit is 16 MiB; paged reads keep every answer far below this.
+MAX_REPLY_BYTES = 8 << 20
 MAX_RID = 2**63 - 1
 _FLAGS = ("stale", "stream")  # optional booleans of every request
 
-WRITE_OPS = frozenset({"bid", "open", "close"})
+WRITE_OPS = frozenset({"bid", "open", "close", "forget"})
 READ_OPS = frozenset({"result", "history", "auctions", "events"})
 LOCAL_OPS = frozenset({"status"})
 OPS = WRITE_OPS | READ_OPS | LOCAL_OPS
@@ -139,6 +141,11 @@ def rid_of(payload: bytes) -> int:
 
 def ok_reply(rid: int, result: Any) -> bytes:
     return pack({"rid": rid, "ok": True, "result": result})
+
+
+def page_reply(rid: int, result: list[Any], next_cursor: Any) -> bytes:
+    """One page of a paged read: `next` is the cursor of the following page, None at the end."""
+    return pack({"rid": rid, "ok": True, "result": result, "next": next_cursor})
 
 
 def error_reply(rid: int, code: str, message: str, *, reason: str | None = None,

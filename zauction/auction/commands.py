@@ -26,6 +26,9 @@ MAX_DURATION_MS = 10**12  # about 31 years
 MAX_SEQ = 2**63 - 1
 MAX_PAYLOAD_BYTES = 4096
 DEFAULT_AUCTION = "default"
+# Auction names starting with this are reserved: the feed's topic of an auction is
+# "feed/<auction>", and "feed/~cluster" carries the leader changes.
+RESERVED_PREFIX = "~"
 
 
 class Reason:
@@ -40,6 +43,8 @@ class Reason:
     INVALID = "invalid"
     STALE_REQUEST = "stale_request"
     DUPLICATE_AUCTION = "duplicate_auction"
+    QUOTA_EXCEEDED = "quota_exceeded"  # an open beyond max_auctions or the client's quota
+    AUCTION_OPEN = "auction_open"  # only a closed auction can be forgotten
 
 
 REASONS: frozenset[str] = frozenset(
@@ -95,6 +100,20 @@ def _show(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def check_auction_fields(auction: Any, item: Any, reserve: Any, increment: Any,
+                         opens_at_ms: Any, closes_at_ms: Any) -> None:
+    """An auction's own fields (OpenAuction's, and a snapshot row's), without the reserved
+    name rule: an auction opened before that rule existed must still restore."""
+    check_name(auction, "auction")
+    check_name(item, "item", MAX_ITEM_LEN)
+    check_amount(reserve, "reserve", Reason.INVALID)
+    check_amount(increment, "increment", Reason.INVALID)
+    check_int(opens_at_ms, "opens_at_ms", 0, MAX_TIMESTAMP_MS)
+    check_int(closes_at_ms, "closes_at_ms", 0, MAX_TIMESTAMP_MS)
+    if closes_at_ms <= opens_at_ms:
+        raise InvalidCommand("closes_at_ms", "must be later than opens_at_ms")
+
+
 # --- commands ----------------------------------------------------------------------
 
 
@@ -108,14 +127,11 @@ class OpenAuction:
     closes_at_ms: int
 
     def __post_init__(self) -> None:
-        check_name(self.auction, "auction")
-        check_name(self.item, "item", MAX_ITEM_LEN)
-        check_amount(self.reserve, "reserve", Reason.INVALID)
-        check_amount(self.increment, "increment", Reason.INVALID)
-        check_int(self.opens_at_ms, "opens_at_ms", 0, MAX_TIMESTAMP_MS)
-        check_int(self.closes_at_ms, "closes_at_ms", 0, MAX_TIMESTAMP_MS)
-        if self.closes_at_ms <= self.opens_at_ms:
-            raise InvalidCommand("closes_at_ms", "must be later than opens_at_ms")
+        check_auction_fields(self.auction, self.item, self.reserve, self.increment,
+                             self.opens_at_ms, self.closes_at_ms)
+        if self.auction.startswith(RESERVED_PREFIX):
+            raise InvalidCommand("auction", f"names starting with {RESERVED_PREFIX!r} are "
+                                 "reserved")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +175,25 @@ class EnsureDefault:
         check_amount(self.increment, "increment", Reason.INVALID)
 
 
-Command = OpenAuction | Bid | CloseAuction | EnsureDefault
+@dataclass(frozen=True, slots=True)
+class ForgetAuction:
+    """Removes a closed auction and its retained bids, freeing room under max_auctions;
+    refused for an open auction (auction_open) or an unknown one (unknown_auction)."""
+
+    auction: str
+
+    def __post_init__(self) -> None:
+        check_name(self.auction, "auction")
+
+
+Command = OpenAuction | Bid | CloseAuction | EnsureDefault | ForgetAuction
 
 _TAGS: dict[type, str] = {
     OpenAuction: "open",
     Bid: "bid",
     CloseAuction: "close",
     EnsureDefault: "default",
+    ForgetAuction: "forget",
 }
 _BY_TAG: dict[str, type] = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS: dict[type, tuple[str, ...]] = {

@@ -86,13 +86,26 @@ class AuctionClient:
         return self.call("result", auction=auction, stale=stale)
 
     def history(self, auction: str = "default", stale: bool = False) -> list[dict]:
-        return self.call("history", auction=auction, stale=stale)
+        """Every retained bid, oldest first (fetched page by page)."""
+        return self._all_pages("history", "after_seq", auction=auction, stale=stale)
 
     def auctions(self, stale: bool = False) -> list[dict]:
-        return self.call("auctions", stale=stale)
+        """Every auction known, by id (fetched page by page)."""
+        return self._all_pages("auctions", "after", stale=stale)
 
     def events_after(self, auction: str, after_seq: int) -> list[dict]:
-        return self.call("events", auction=auction, after_seq=after_seq)
+        """The auction's events after `after_seq` (-1 includes its opening), every page."""
+        return self._all_pages("events", "after_seq", auction=auction, after_seq=after_seq)
+
+    def _all_pages(self, op: str, cursor_field: str, **fields: Any) -> list:
+        items: list = []
+        while True:
+            done = self._complete(op, **fields)
+            page = done.result if type(done.result) is list else []
+            items.extend(page)
+            if done.next is None or not page:
+                return items
+            fields[cursor_field] = done.next
 
     def status(self) -> list[dict]:
         """One entry per server: its status, or {"addr", "role": "unreachable"} when it gave
@@ -137,6 +150,10 @@ class AuctionClient:
         return self.call(op, client=self.client_id, seq=self._seq, **fields)
 
     def call(self, op: str, **fields: Any) -> Any:
+        """Send one request until some node completes it or the deadline passes; its result."""
+        return self._complete(op, **fields).result
+
+    def _complete(self, op: str, **fields: Any) -> Done:
         """Send one request until some node completes it or the deadline passes."""
         deadline = time.monotonic() + self.timeout
         body = {"op": op, **fields}
@@ -153,7 +170,7 @@ class AuctionClient:
                 except _NoAnswer:
                     continue
                 if isinstance(verdict, Done):
-                    return verdict.result
+                    return verdict
                 if isinstance(verdict, (Rejected, Failed)):
                     raise error_for(verdict)
                 answered = True

@@ -102,7 +102,7 @@ class FeedLog:
         if seq <= last:
             return []  # a duplicate from another node
         if _is_gap(last, seq):
-            self._gaps[auction] = max(last, 0)
+            self._gaps[auction] = last  # -1 for an auction not seen: the fill starts at its opening
             self._held[auction] = [event]
             return []
         self._seen[auction] = seq
@@ -163,6 +163,6 @@ class FeedLog:
 
 def _is_gap(last: int, seq: int) -> bool:
     """Whether `seq` cannot follow `last` directly. An auction not seen yet (last -1) may
-    start at its opening (0) or at its first bid (1): a missed opening is not worth a fetch,
-    since events_after returns only bids and the close."""
+    start at its opening (0) or at its first bid (1): a missed opening alone is not worth a
+    fetch, but when a fetch is needed anyway it asks from -1 and gets the opening too."""
     return seq > last + 1 if last >= 0 else seq > 1

@@ -27,9 +27,11 @@ RETRY_CODES = frozenset({ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE,
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The request completed; `result` is the reply's result."""
+    """The request completed; `result` is the reply's result, `next` the cursor of the next
+    page of a paged read (None on its last page, and for every other request)."""
 
     result: Any
+    next: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ Verdict = Done | Rejected | Retry | BackOff | Failed
 def classify(reply: dict[str, Any]) -> Verdict:
     """The verdict on one decoded reply map (see docs/protocol.md, "Replies")."""
     if reply.get("ok") is True:
-        return Done(reply.get("result"))
+        return Done(reply.get("result"), reply.get("next"))
     code = str(reply.get("error"))
     if code in RETRY_CODES:
         return Retry(code, _str_or_none(reply.get("leader")))

@@ -31,14 +31,15 @@ from zauction.auction.commands import (
     encode_request,
 )
 from zauction.auction.domain import (
-    MAX_CLOSED_AUCTIONS,
+    MAX_AUCTIONS,
+    MAX_OPEN_AUCTIONS_PER_CLIENT,
     MAX_RETAINED_BIDS,
     AuctionState,
     InvalidSnapshot,
     Reply,
     UnknownAuction,
 )
-from zauction.protocol import CLUSTER_TOPIC, FEED_PREFIX
+from zauction.protocol import CLUSTER_TOPIC, feed_topic
 from zauction.server.service import Service, now_ms
 
 log = logging.getLogger("zauction.server.node")
@@ -58,9 +59,11 @@ class NodeOptions:
     catchup_entries: int = DEFAULT_CATCHUP_ENTRIES  # log entries kept behind each snapshot
     cluster_id: str = ""
     max_pending: int = DEFAULT_MAX_PENDING  # writes in flight at the leader before `busy`
-    # Retention: configuration every replica must share (they decide what the state keeps).
+    # Retention and quotas: configuration every replica must share (they decide what the
+    # state keeps and which opens it refuses).
     max_retained_bids: int = MAX_RETAINED_BIDS
-    max_closed_auctions: int = MAX_CLOSED_AUCTIONS
+    max_auctions: int = MAX_AUCTIONS
+    max_open_auctions_per_client: int = MAX_OPEN_AUCTIONS_PER_CLIENT
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -87,8 +90,9 @@ class AuctionNode:
                         heartbeat_ticks=t.heartbeat_ticks, catchup_entries=opts.catchup_entries)
         core = Core(config, random.Random(), persisted.hard_state, persisted.snapshot,
                     persisted.entries)
-        self.state = AuctionState(max_retained_bids=opts.max_retained_bids,
-                                  max_closed_auctions=opts.max_closed_auctions)
+        self.state = AuctionState(
+            max_retained_bids=opts.max_retained_bids, max_auctions=opts.max_auctions,
+            max_open_auctions_per_client=opts.max_open_auctions_per_client)
         if persisted.snapshot is not None:
             self._restore_stored(persisted.snapshot, storage)
         transport = ZmqTransport(opts.addr, {p: p for p in opts.peers},
@@ -179,7 +183,7 @@ class AuctionNode:
         elif kind == "auction_closed":
             log.info("auction %s closed: winner %s at %s", auction, event.get("winner"),
                      event.get("amount"))
-        self._publish(FEED_PREFIX + auction.encode(), event)
+        self._publish(feed_topic(auction), event)
 
     def _publish(self, topic: bytes, event: dict) -> None:
         self._outbox.setdefault(topic, []).append(event)
@@ -191,6 +195,9 @@ class AuctionNode:
         if self._default_proposed_term != term and not self._has_default():
             self._default_proposed_term = term
             self._propose_internal(EnsureDefault(duration_ms=self.opts.auction_duration_ms))
+        # due_to_close only peeks (at most MAX_DUE_PER_CALL, earliest first): the auctions
+        # whose close is in flight come back until it is applied, and are skipped here; one
+        # whose proposal failed is due again next time, since nothing took it off the queue.
         for auction in self.state.due_to_close(now_ms()):
             if auction not in self._closing:
                 self._closing.add(auction)
@@ -231,6 +238,7 @@ class AuctionNode:
             "rejected_peer_messages": rt.rejected_peer_messages,
             "bad_requests": self.service.bad_requests,
             "busy_replies": self.service.busy_replies,
+            "internal_errors": self.service.internal_errors,
             "client_requests": self.service.client_requests,
             "pending_writes": self.service.pending_writes,
             "loop": rt.loop,

@@ -21,10 +21,10 @@ from brokerless.wire import WireError, pack, unpack
 from zauction.auction.commands import (
     DEFAULT_AUCTION,
     MAX_DURATION_MS,
-    MAX_SEQ,
     MAX_TIMESTAMP_MS,
     Bid,
     CloseAuction,
+    ForgetAuction,
     InvalidCommand,
     OpenAuction,
     Request,
@@ -47,8 +47,10 @@ from zauction.protocol import (
     decode_requests,
     error_reply,
     ok_reply,
+    page_reply,
     rid_of,
 )
+from zauction.server import reads
 from zauction.server.backlog import FairBacklog
 
 log = logging.getLogger("zauction.server.service")
@@ -436,12 +438,14 @@ class Service:
         return client, seq, now_ms()
 
     @staticmethod
-    def _command(req: ClientRequest) -> Bid | OpenAuction | CloseAuction:
+    def _command(req: ClientRequest) -> Bid | OpenAuction | CloseAuction | ForgetAuction:
         b = req.body
         if req.op == "bid":
             return Bid(b.get("auction", DEFAULT_AUCTION), b["bidder"], b["amount"])
         if req.op == "close":
             return CloseAuction(b["auction"])
+        if req.op == "forget":
+            return ForgetAuction(b["auction"])
         # Only an absent field takes its default: null, [], "" or false is a wrong type, and
         # the constructors (or check_int) refuse it, never read it as "not given".
         opens = b["opens_at_ms"] if "opens_at_ms" in b else now_ms()
@@ -486,33 +490,21 @@ class Service:
             respond(error_reply(req.rid, ErrorCode.NOT_LEADER, str(exc), leader=exc.leader))
 
     def _answer_read(self, req: ClientRequest, respond: Respond) -> None:
-        auction = req.body.get("auction", DEFAULT_AUCTION)
         try:
-            if type(auction) is not str:
-                raise ProtocolError("'auction' must be a string")
-            data = ok_reply(req.rid, self._query(req.op, auction, req.body))
+            found = reads.answer(self.state, req.op, req.body)
+            if found.paged:
+                data = page_reply(req.rid, found.result, found.next)
+            else:
+                data = ok_reply(req.rid, found.result)
             if len(data) > MAX_ANSWER_BYTES:
-                # Sending it would raise in the transport (and end the loop) or be refused
-                # by the client's decoder: refuse it instead, typed and counted.
+                # Pages keep answers far below this; should one still exceed it, sending it
+                # would be refused downstream: refuse it here instead, typed and counted.
                 self.bad_requests += 1
                 raise ProtocolError(f"the answer is {len(data)} bytes, over the "
-                                    f"{MAX_ANSWER_BYTES}-byte reply limit")
+                                    f"{MAX_ANSWER_BYTES}-byte reply limit: ask for a smaller "
+                                    f"'limit'")
             respond(data)
         except UnknownAuction as exc:
             respond(error_reply(req.rid, ErrorCode.UNKNOWN_AUCTION, str(exc)))
         except ProtocolError as exc:
             respond(error_reply(req.rid, ErrorCode.BAD_REQUEST, str(exc)))
-
-    def _query(self, op: str, auction: str, body: dict) -> Any:
-        state = self.state
-        if op == "result":
-            return state.result(auction)
-        if op == "history":
-            return state.history(auction)
-        if op == "auctions":
-            return state.auctions()
-        after = body.get("after_seq", 0)
-        if type(after) is not int or not 0 <= after <= MAX_SEQ:
-            raise ProtocolError(f"'after_seq' must be an integer in 0..{MAX_SEQ}")
-        return state.events_after(auction, after)
-
