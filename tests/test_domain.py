@@ -1094,3 +1094,19 @@ def test_history_events_and_auctions_page_by_cursor_and_limit(driver: Driver) ->
     assert [a["auction"] for a in state.auctions(limit=2)] == ["a", "b"]
     assert [a["auction"] for a in state.auctions("b", limit=2)] == ["c", "d"]
     assert state.auctions("d", limit=2) == []
+
+
+def test_a_used_seq_answers_a_retry_but_refuses_a_different_request(driver: Driver) -> None:
+    first = driver.send(OpenAuction("b", "bike", 1, 1, 0, 3_000), client="c", seq=1)
+    assert first.ok
+    retry = driver.send(OpenAuction("b", "bike", 1, 1, 10, 3_010), client="c", seq=1)
+    assert retry == first  # a retry (new times from the node that served it): same answer
+    before = content(driver.state)
+    for other in (OpenAuction("z", "zz", 1, 1, 0, 3_000), Bid("b", "bob", 5),
+                  CloseAuction("b")):
+        refused = driver.send(other, client="c", seq=1)
+        assert (refused.ok, refused.reason) == (False, "seq_reused"), other
+    assert content(driver.state) == before
+    placed = driver.bid("bob", 5, auction="b", client="d", seq=1)
+    assert driver.bid("bob", 5, auction="b", client="d", seq=1) == placed
+    assert driver.bid("bob", 6, auction="b", client="d", seq=1).reason == "seq_reused"

@@ -569,3 +569,24 @@ def test_paged_reads_return_a_cursor_and_every_item_once(monkeypatch):
         (reply,) = read_replies(service, runtime, {"op": "auctions", "rid": 12,
                                                    "stale": True, **bad})
         assert reply["error"] == "bad_request", bad
+
+
+def test_a_seq_reused_for_a_different_request_is_refused_not_answered_with_the_other():
+    service, runtime = make()
+    first, retry, other = [], [], []
+    bid(service, rid=1, seq=1, amount=5, replies=first)
+    bid(service, rid=2, seq=1, amount=5, replies=retry)  # the same bid: joins it
+    bid(service, rid=3, seq=1, amount=9, replies=other)  # the same seq, another amount
+    assert [r["reason"] for r in other] == ["seq_reused"] and not other[0]["ok"]
+    runtime.apply_all()
+    assert [r["ok"] for r in first + retry] == [True, True] and len(runtime.log) == 2
+    # Once applied, the state machine tells them apart the same way.
+    late = []
+    bid(service, rid=4, seq=1, amount=9, replies=late)
+    runtime.apply_all()
+    assert late[0]["reason"] == "seq_reused"
+    assert runtime.state.result("x")["highest"]["amount"] == 5
+    again = []
+    bid(service, rid=5, seq=1, amount=5, replies=again)  # a true retry still gets its reply
+    runtime.apply_all()
+    assert again[0]["ok"] and again[0]["result"]["amount"] == 5

@@ -45,6 +45,7 @@ class Reason:
     DUPLICATE_AUCTION = "duplicate_auction"
     QUOTA_EXCEEDED = "quota_exceeded"  # an open beyond max_auctions or the client's quota
     AUCTION_OPEN = "auction_open"  # only a closed auction can be forgotten
+    SEQ_REUSED = "seq_reused"  # this seq was used for a different request of this client
 
 
 REASONS: frozenset[str] = frozenset(
@@ -196,6 +197,14 @@ _TAGS: dict[type, str] = {
     ForgetAuction: "forget",
 }
 _BY_TAG: dict[str, type] = {tag: cls for cls, tag in _TAGS.items()}
+
+
+COMMAND_TAGS: frozenset[str] = frozenset(_TAGS.values())
+
+
+def tag_of(cmd: Command) -> str:
+    """The command's wire tag ("bid", "open", ...)."""
+    return _TAGS[type(cmd)]
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in _TAGS
 }
@@ -305,3 +314,12 @@ def _unpack(payload: object) -> object:
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise InvalidCommand("payload", f"not valid msgpack ({type(exc).__name__})") from None
+
+
+def identity_of(cmd: Command) -> tuple:
+    """What tells two requests under one (client, seq) apart: the command, its auction, and a
+    bid's bidder and amount. Times are not part of it: an `open` retried with a duration gets
+    new times from the node that serves the retry, yet is the same request."""
+    return (type(cmd), getattr(cmd, "auction", None), getattr(cmd, "bidder", None),
+            getattr(cmd, "amount", None))
+

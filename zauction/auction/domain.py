@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from zauction.auction.commands import (
+    COMMAND_TAGS,
     MAX_SEQ,
     MAX_TIMESTAMP_MS,
     REASONS,
@@ -37,6 +38,7 @@ from zauction.auction.commands import (
     check_int,
     check_name,
     decode_request_fields,
+    tag_of,
 )
 
 MAX_SESSIONS = 100_000
@@ -448,9 +450,21 @@ class _Retention:
 
 # --- sessions --------------------------------------------------------------------------
 
-# client_id -> (last seq, log index of the client's last activity, reply to that seq).
+# client_id -> (last seq, log index of the client's last activity, reply to that seq, the
+# tag of that request's command: "" when unknown, restored from a version 2 snapshot).
 # A plain tuple because one is written for every client request.
-Session = tuple[int, int, Reply]
+Session = tuple[int, int, Reply, str]  # ..., and the tag of the command that reply answers
+
+
+def _answers(cmd: Any, reply: Reply, tag: str) -> bool:
+    """Whether the stored `reply` (to a command tagged `tag`) was made for a request like
+    `cmd`: the same command on the same auction, and for a bid the same bidder and amount
+    (see commands.identity_of; times are not compared)."""
+    if (tag and tag != tag_of(cmd)) or reply.auction != getattr(cmd, "auction", None):
+        return False
+    if isinstance(cmd, Bid):
+        return reply.bidder == cmd.bidder and reply.amount == cmd.amount
+    return reply.bidder is None
 
 
 # --- the state machine -----------------------------------------------------------------
@@ -586,21 +600,27 @@ class AuctionState:
             return self._handlers[type(cmd)](index, term, client, ts_ms, cmd)
         session = self._sessions.get(client)
         if session is not None:
-            last_seq, _, last_reply = session
-            if seq == last_seq:  # a retry: same answer, no second effect
-                self._remember(client, seq, index, last_reply)
+            last_seq, _, last_reply, last_tag = session
+            if seq == last_seq:
+                if not _answers(cmd, last_reply, last_tag):
+                    # Not a retry but a different request under a used seq: answering with
+                    # the stored reply would tell the client its new request was judged.
+                    return Reply(ok=False, reason=Reason.SEQ_REUSED,
+                                 auction=getattr(cmd, "auction", None),
+                                 detail=f"seq {seq} was used for a different request")
+                self._remember(client, seq, index, last_reply, last_tag)  # a retry
                 return last_reply
             if seq < last_seq:
                 return Reply(ok=False, reason=Reason.STALE_REQUEST,
                              detail=f"seq {seq} is older than {last_seq}")
         reply = self._handlers[type(cmd)](index, term, client, ts_ms, cmd)
-        self._remember(client, seq, index, reply)
+        self._remember(client, seq, index, reply, tag_of(cmd))
         return reply
 
-    def _remember(self, client: str, seq: int, index: int, reply: Reply) -> None:
+    def _remember(self, client: str, seq: int, index: int, reply: Reply, tag: str) -> None:
         """Record the client's latest request; evict the least recently active beyond the cap."""
         sessions = self._sessions
-        sessions[client] = (seq, index, reply)
+        sessions[client] = (seq, index, reply, tag)
         sessions.move_to_end(client)
         if len(sessions) > self._max_sessions:
             sessions.popitem(last=False)
@@ -861,7 +881,7 @@ class AuctionState:
         """The whole state as msgpack; byte-identical on replicas with the same log.
 
         [version, applied_index, [auction row, ...] by name, [[client, seq, last_index,
-        reply], ...] oldest activity first], packed piece by piece into one buffer (the
+        reply, command tag], ...] oldest activity first], packed piece by piece into one buffer (the
         auction row: _Auction.pack_into)."""
         packer = msgpack.Packer(autoreset=False)
         packer.pack_array_header(4)
@@ -871,8 +891,8 @@ class AuctionState:
         for name in sorted(self._auctions):
             self._auctions[name].pack_into(packer)
         packer.pack_array_header(len(self._sessions))
-        for client, (seq, last_index, reply) in self._sessions.items():
-            packer.pack((client, seq, last_index, reply_to_dict(reply)))
+        for client, (seq, last_index, reply, tag) in self._sessions.items():
+            packer.pack((client, seq, last_index, reply_to_dict(reply), tag))
         return packer.bytes()
 
     def restore(self, data: bytes) -> None:
@@ -972,7 +992,7 @@ def _parse_snapshot(data: object) -> _Parsed:
         applied = reader.value()
         check_int(applied, "applied_index", 0, MAX_SEQ)
         auctions = _parse_auctions(reader, applied, _ROW_LEN_BY_VERSION[version])
-        parsed = applied, auctions, _parse_sessions(reader)
+        parsed = applied, auctions, _parse_sessions(reader, version)
         reader.end()
         return parsed
     except InvalidSnapshot:
@@ -1040,11 +1060,17 @@ def _parse_bid(row: list[Any]) -> BidRecord:
     return (index, sys.intern(bidder), amount, ts_ms)
 
 
-def _parse_sessions(reader: _SnapshotReader) -> OrderedDict[str, Session]:
+def _parse_sessions(reader: _SnapshotReader, version: int) -> OrderedDict[str, Session]:
     sessions: OrderedDict[str, Session] = OrderedDict()
     previous = 0
     for _ in range(reader.array("the sessions")):
-        client, seq, last_index, reply = reader.value()
+        row = reader.value()
+        if type(row) is not list or len(row) != (4 if version == 2 else 5):
+            raise InvalidSnapshot("a session is [client, seq, last_index, reply, tag]")
+        client, seq, last_index, reply = row[:4]
+        tag = row[4] if version > 2 else ""
+        if tag not in _SESSION_TAGS:
+            raise InvalidSnapshot(f"unknown command tag {tag!r} in a session")
         check_name(client, "client_id")
         check_int(seq, "seq", 0, MAX_SEQ)
         check_int(last_index, "last_index", 1, MAX_SEQ)
@@ -1052,5 +1078,9 @@ def _parse_sessions(reader: _SnapshotReader) -> OrderedDict[str, Session]:
         if last_index <= previous or client in sessions:
             raise InvalidSnapshot("sessions must be ordered by last_index, without repeats")
         previous = last_index
-        sessions[client] = (seq, last_index, reply_from_dict(reply))
+        sessions[client] = (seq, last_index, reply_from_dict(reply), tag)
     return sessions
+
+
+# A session's tag: its command's, or "" (unknown, from a version 2 snapshot).
+_SESSION_TAGS = COMMAND_TAGS | {""}

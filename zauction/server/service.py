@@ -27,9 +27,11 @@ from zauction.auction.commands import (
     ForgetAuction,
     InvalidCommand,
     OpenAuction,
+    Reason,
     Request,
     check_int,
     encode_request,
+    identity_of,
 )
 from zauction.auction.domain import AuctionState, Reply, UnknownAuction, reply_to_dict
 from zauction.protocol import (
@@ -129,6 +131,14 @@ class Waiting:
 
 
 @dataclass(frozen=True, slots=True)
+class InFlight:
+    """A write proposed here and not applied yet, and who waits for its reply."""
+
+    request: Request
+    waiters: list[tuple[int, Respond]]  # (rid, respond) of the original and its retries
+
+
+@dataclass(frozen=True, slots=True)
 class Forward:
     """A request this node forwarded to the leader and still waits to hear about."""
 
@@ -154,7 +164,7 @@ class Service:
         self.internal_errors = 0  # requests we failed on (bugs): answered `internal`
         self._last_internal_log = -1e9
         # (client, seq) of each write proposed here and not yet applied -> who awaits it
-        self._pending_writes: dict[tuple[str, int], list[tuple[int, Respond]]] = {}
+        self._pending_writes: dict[tuple[str, int], InFlight] = {}
         self._reply_box: dict[bytes, list[bytes]] = {}  # client identity -> replies to send
         # Keyed by the connection a request came on (a follower's forwards share its one).
         self._backlog: FairBacklog[Waiting] = FairBacklog() if backlog is None else backlog
@@ -384,15 +394,10 @@ class Service:
     def _write(self, req: ClientRequest, respond: Respond) -> None:
         client, seq = req.body.get("client"), req.body.get("seq")
         # Only well-typed keys are looked up: a list or map here must not raise (unhashable).
-        waiters = (self._pending_writes.get((client, seq))
-                   if type(client) is str and type(seq) is int else None)
-        if waiters is not None:
-            # A retry of a write still in flight here (the client timed out, or reached us
-            # twice): answer it with the original's outcome instead of logging it again, so
-            # retries under load do not multiply the work.
-            waiters.append((req.rid, respond))
-            return
-        if self.runtime.saturated:  # refuse before any work: this path must stay cheap
+        in_flight = (self._pending_writes.get((client, seq))
+                     if type(client) is str and type(seq) is int else None)
+        if in_flight is None and self.runtime.saturated:
+            # Refuse before any work: this path must stay cheap.
             self._busy(req.rid, respond, str(Overloaded(self.runtime.max_pending)))
             return
         try:
@@ -403,7 +408,22 @@ class Service:
         except (KeyError, TypeError) as exc:
             respond(error_reply(req.rid, ErrorCode.BAD_REQUEST, f"missing or bad field: {exc}"))
             return
+        if in_flight is not None:
+            self._join(in_flight, request, req.rid, respond)
+            return
         self._propose(request, req.rid, respond)
+
+    @staticmethod
+    def _join(in_flight: InFlight, request: Request, rid: int, respond: Respond) -> None:
+        if identity_of(in_flight.request.cmd) != identity_of(request.cmd):
+            # The same seq for a different request: never answer it with the other's reply.
+            respond(error_reply(rid, ErrorCode.REJECTED, "this seq was used for a different "
+                                "request", reason=Reason.SEQ_REUSED))
+            return
+        # A retry of a write still in flight here (the client timed out, or reached us twice):
+        # answer it with the original's outcome instead of logging it again, so retries under
+        # load do not multiply the work.
+        in_flight.waiters.append((rid, respond))
 
     def _propose(self, request: Request, rid: int, respond: Respond) -> None:
         key = (request.client_id, request.seq)
@@ -424,7 +444,7 @@ class Service:
         except Overloaded as exc:
             self._busy(rid, respond, str(exc))
             return
-        self._pending_writes[key] = waiters
+        self._pending_writes[key] = InFlight(request, waiters)
 
     def _busy(self, rid: int, respond: Respond, why: str) -> None:
         self.busy_replies += 1
