@@ -590,3 +590,19 @@ def test_a_seq_reused_for_a_different_request_is_refused_not_answered_with_the_o
     bid(service, rid=5, seq=1, amount=5, replies=again)  # a true retry still gets its reply
     runtime.apply_all()
     assert again[0]["ok"] and again[0]["result"]["amount"] == 5
+
+
+def test_one_client_id_cannot_take_the_whole_admission_window(monkeypatch):
+    import zauction.server.service
+
+    monkeypatch.setattr(zauction.server.service, "MAX_WRITES_PER_CLIENT", 3)
+    service, runtime, transport = with_transport()
+    frame = b"".join(pack({**bid_body(n, n, n), "client": "greedy"}) for n in range(1, 6))
+    receive(service, b"cli", frame)
+    errors = [unpack(p).get("error") for _, p in replies_sent(transport)]
+    assert errors == ["busy", "busy"] and len(runtime.log) == 1 + 3
+    receive(service, b"other", pack(bid_body(9, 1, 50)))  # another client id is admitted
+    assert len(runtime.log) == 1 + 4
+    runtime.apply_all()  # replies free the window again
+    receive(service, b"cli", pack({**bid_body(6, 6, 60), "client": "greedy"}))
+    assert len(runtime.log) == 1 + 5

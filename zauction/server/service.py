@@ -72,6 +72,7 @@ REQUESTS_PER_ITERATION = 256
 # arrive as duplicates on top of the flood (measured: collapse to 15% of peak at 1.5x load).
 MAX_QUEUE_WAIT_S = 0.25
 BUSY_RETRY_AFTER_MS = 20  # the hint sent with a `busy` reply: roughly one batch's commit time
+MAX_WRITES_PER_CLIENT = 64  # writes of one client id in flight at the leader before `busy`
 MAX_FORWARD_BYTES = MAX_REQUEST_BYTES + 64  # one request and the forward's small envelope
 
 
@@ -165,6 +166,7 @@ class Service:
         self._last_internal_log = -1e9
         # (client, seq) of each write proposed here and not yet applied -> who awaits it
         self._pending_writes: dict[tuple[str, int], InFlight] = {}
+        self._writes_by_client: dict[str, int] = {}  # how many of them each client id has
         self._reply_box: dict[bytes, list[bytes]] = {}  # client identity -> replies to send
         # Keyed by the connection a request came on (a follower's forwards share its one).
         self._backlog: FairBacklog[Waiting] = FairBacklog() if backlog is None else backlog
@@ -426,12 +428,21 @@ class Service:
         in_flight.waiters.append((rid, respond))
 
     def _propose(self, request: Request, rid: int, respond: Respond) -> None:
-        key = (request.client_id, request.seq)
+        client = request.client_id
+        in_flight = self._writes_by_client.get(client, 0)
+        if in_flight >= MAX_WRITES_PER_CLIENT:
+            # One client id cannot take the whole admission window (max_pending) from the
+            # others: the protocol asks for one write in flight per id; a few more are fine.
+            self._busy(rid, respond, f"client {client!r} already has {in_flight} writes in "
+                       "flight; wait for their replies")
+            return
+        key = (client, request.seq)
         waiters = [(rid, respond)]
         data = encode_request(request)
 
         def done(result: Any, error: BaseException | None) -> None:
             self._pending_writes.pop(key, None)
+            self._count_write(client, -1)
             for waiter_rid, reply_to in waiters:
                 reply_to(self._write_reply(waiter_rid, result, error))
 
@@ -445,6 +456,14 @@ class Service:
             self._busy(rid, respond, str(exc))
             return
         self._pending_writes[key] = InFlight(request, waiters)
+        self._count_write(client, +1)
+
+    def _count_write(self, client: str, delta: int) -> None:
+        count = self._writes_by_client.get(client, 0) + delta
+        if count > 0:
+            self._writes_by_client[client] = count
+        else:
+            self._writes_by_client.pop(client, None)
 
     def _busy(self, rid: int, respond: Respond, why: str) -> None:
         self.busy_replies += 1
