@@ -16,7 +16,7 @@ import pytest
 import zmq
 from test_transport import Cluster, free_address, poll_until
 
-from brokerless.transport.zeromq import HELLO, MAX_SUBSCRIPTION_BYTES, ZmqTransport
+from brokerless.transport.zeromq import HELLO, MAX_SUBSCRIPTION_BYTES
 from brokerless.wire import pack
 
 pytestmark = pytest.mark.timeout(60)
@@ -129,19 +129,24 @@ def test_refused_hellos_are_all_counted_but_logged_at_most_once_a_second(
 def test_a_node_whose_id_is_squatted_gets_it_back_after_the_squatter_leaves(
     cluster: Cluster,
 ) -> None:
-    # Without handover, a connection holding our peer's routing id keeps it; once that
-    # connection closes, the peer's own DEALER is accepted again and its messages flow.
+    # Without handover, a connection holding our peer's routing id keeps it, and the ROUTER
+    # never identifies the peer's own connection made meanwhile (a peer that restarted
+    # before its old connection was retired meets the same). Once the squatter has gone,
+    # the peer's unanswered HELLOs make it renew its DEALER, and its messages flow.
     a_id, b_id = free_address(), free_address()
     a = cluster.node(a_id, [b_id])
     squatter = cluster.raw(zmq.DEALER, a_id, routing_id=b_id.encode())
     squatter.send_multipart([b"P", b"squat"])
     poll_until([a], lambda inbox: any(m.payload == b"squat" for m in inbox[a_id]))
-    squatter.close()
     b = cluster.node(b_id, [a_id])
+    poll_until([a, b], lambda _: b.stats.hellos_sent >= 2)  # b's connection is there, unread
+    squatter.close()
 
     def heard(inbox: dict) -> bool:
         b.send(a_id, b"P", b"from-b")
-        return any(getattr(m, "payload", None) == b"from-b" for m in inbox[a_id])
+        return b.hello_acked(a_id) and any(
+            getattr(m, "payload", None) == b"from-b" and m.identity == b_id.encode()
+            for m in inbox[a_id])
 
     poll_until([a, b], heard)
-    assert isinstance(b, ZmqTransport)
+    assert b.stats.dealers_renewed >= 1

@@ -87,6 +87,7 @@ class TransportStats:
     hello_acks_received: int = 0
     hellos_refused: int = 0  # HELLO or HELLO_ACK refused: foreign cluster, unknown id, ...
     endpoint_changes: int = 0  # a peer's PUB endpoint moved (the peer restarted)
+    dealers_renewed: int = 0  # DEALERs replaced after their HELLOs went unanswered
 
 
 class Transport(Protocol):

@@ -65,6 +65,12 @@ HELLO_INTERVAL_S = 0.2
 # Unanswered HELLOs back off to this interval: a DEALER queues them while its peer is down, and
 # a long outage must not fill the queue (the peer's own HELLO rediscovers it at once anyway).
 HELLO_INTERVAL_MAX_S = 3.2
+# A DEALER whose HELLOs go unanswered this long gets a new socket (a new TCP connection). Without
+# ROUTER_HANDOVER, a peer's ROUTER that still held our previous connection when the current one
+# arrived (we restarted faster than it noticed, or someone squatted our routing id) never
+# identifies the current one, and ZMTP heartbeats would keep that dead link open for ever.
+DEALER_RENEW_S = 1.0
+DEALER_RENEW_MAX_S = 16.0
 # ZMTP heartbeats on every ROUTER/DEALER connection: a connection that went silent (its
 # peer froze, or the ROUTER handed its routing id to another connection) is noticed within
 # the timeout and re-established, instead of swallowing messages for ever.
@@ -125,12 +131,15 @@ class _PeerLink:
     """Our sockets and discovery state for one peer (mutable: it tracks the peer's lifetime)."""
 
     peer: str
+    address: str
     dealer: zmq.Socket
     sub: zmq.Socket
     pub_endpoint: str | None = None
     acked: bool = False
     hello_due: float = 0.0
     hello_interval: float = HELLO_INTERVAL_S
+    unanswered_since: float | None = None  # when our first HELLO still unanswered was sent
+    renew_after: float = DEALER_RENEW_S
 
 
 def _recv_frames(sock: zmq.Socket, max_frames: int) -> list[bytes] | None:
@@ -249,20 +258,34 @@ class ZmqTransport:
         self, peer: str, address: str, hwm: int, max_bytes: int, ivl: int, ivl_max: int
     ) -> _PeerLink:
         reconnect = {zmq.RECONNECT_IVL: ivl, zmq.RECONNECT_IVL_MAX: ivl_max}
-        dealer = self._socket(
-            zmq.DEALER,
-            {
-                zmq.SNDHWM: hwm,
-                zmq.RCVHWM: hwm,
-                zmq.MAXMSGSIZE: max_bytes,
-                zmq.ROUTING_ID: self.node_id.encode(),
-                **reconnect,
-                **_KEEPALIVE,
-            },
-        )
-        dealer.connect(f"tcp://{address}")
+        self._dealer_options = {
+            zmq.SNDHWM: hwm,
+            zmq.RCVHWM: hwm,
+            zmq.MAXMSGSIZE: max_bytes,
+            zmq.ROUTING_ID: self.node_id.encode(),
+            **reconnect,
+            **_KEEPALIVE,
+        }
         sub = self._socket(zmq.SUB, {zmq.RCVHWM: hwm, zmq.MAXMSGSIZE: max_bytes, **reconnect})
-        return _PeerLink(peer, dealer, sub)
+        return _PeerLink(peer, address, self._make_dealer(address), sub)
+
+    def _make_dealer(self, address: str) -> zmq.Socket:
+        dealer = self._socket(zmq.DEALER, self._dealer_options)
+        dealer.connect(f"tcp://{address}")
+        return dealer
+
+    def _renew_dealer(self, link: _PeerLink) -> None:
+        """Replace `link`'s DEALER by a new one (what was queued in the old one is dropped:
+        consensus tolerates lost messages)."""
+        old = link.dealer
+        self._poller.unregister(old)
+        del self._handlers[old]
+        self._sockets.remove(old)
+        old.close(linger=0)
+        link.dealer = self._make_dealer(link.address)
+        self._handlers[link.dealer] = _bind_link(self._on_dealer, link)
+        self._poller.register(link.dealer, zmq.POLLIN)
+        self.stats.dealers_renewed += 1
 
     def _make_poller(self) -> tuple[zmq.Poller, dict[zmq.Socket, Callable[..., None]]]:
         handlers: dict[zmq.Socket, Callable[..., None]] = {self._router: self._on_router}
@@ -377,6 +400,12 @@ class ZmqTransport:
         return link
 
     def _send_hello(self, link: _PeerLink, now: float) -> None:
+        if link.unanswered_since is None:
+            link.unanswered_since = now
+        elif now - link.unanswered_since >= link.renew_after:
+            self._renew_dealer(link)
+            link.unanswered_since = now
+            link.renew_after = min(link.renew_after * 2, DEALER_RENEW_MAX_S)
         if self._send_nowait(link.dealer, [HELLO, self._hello_payload]):
             self.stats.hellos_sent += 1
         link.hello_due = now + link.hello_interval
@@ -423,6 +452,7 @@ class ZmqTransport:
             return
         link.acked = True
         link.hello_interval = HELLO_INTERVAL_S
+        link.unanswered_since, link.renew_after = None, DEALER_RENEW_S
         self._learn_pub(link, hello.pub)
 
     def _parse_hello(self, payload: bytes, sender: object) -> Hello | None:
