@@ -1,7 +1,7 @@
 """`zauction node` with a memory probe, for benchmarks.
 
 This wrapper runs the ordinary command line (retention caps are the node's own options,
-`--max-retained-bids` and `--max-closed-auctions`). With `--mem-report FILE`, a thread appends every
+`--max-retained-bids` and `--max-auctions`). With `--mem-report FILE`, a thread appends every
 `--mem-every` seconds: RSS, gc counts and the length of every container along a request's
 path (runtime, core, service, node, state); with `--trace`, also the tracemalloc diff by
 traceback against the previous report (slows the node 2-3x).

@@ -115,20 +115,22 @@ def run(*args: str, env: dict | None = None):
 
 @pytest.mark.parametrize("text, ms", [
     ("100s", 100_000), ("1.5s", 1500), ("250ms", 250), ("2m", 120_000), ("1h", 3_600_000),
-    (" 30ms ", 30), ("0.0015s", 2),
+    ("30ms", 30), ("0.0015s", 2), ("1d", 86_400_000),
 ])
 def test_durations_parse_to_milliseconds(text: str, ms: int) -> None:
     assert params.parse_duration_ms(text) == ms
 
 
-@pytest.mark.parametrize("text", ["", "100", "10 parsecs", "-5s", "1e3s", "s", "0s", "0.1ms", "5 m s"])
+@pytest.mark.parametrize("text", ["", "10 parsecs", "-5s", "1e3s", "s", "0s", "0.1ms", "5 m s",
+                                  " 30ms ", "10 s"])
 def test_bad_durations_are_refused_with_a_clear_error(text: str) -> None:
     with pytest.raises(params.DurationError, match="duration|too short"):
         params.parse_duration_ms(text)
 
 
-def test_a_bare_number_needs_a_default_unit() -> None:
-    assert params.parse_duration_ms("2", default_unit="s") == 2000
+def test_a_bare_number_is_seconds_unless_a_default_unit_says_otherwise() -> None:
+    assert params.parse_duration_ms("2") == 2000
+    assert params.parse_duration_ms("2", default_unit="ms") == 2
 
 
 def test_timing_rounds_to_ticks_and_keeps_elections_above_two_heartbeats() -> None:
@@ -446,9 +448,12 @@ def test_node_passes_retention_and_backpressure_settings_to_the_node(monkeypatch
 
     monkeypatch.setattr(zauction.server.node, "AuctionNode", RecordingNode)
     res = run("node", "--addr", "localhost:1", "--data-dir", str(tmp_path),
-              "--max-retained-bids", "7", "--max-closed-auctions", "3", "--max-pending", "9")
+              "--max-retained-bids", "7", "--max-auctions", "3",
+              "--max-open-auctions-per-client", "2", "--max-pending", "9")
     assert res.exit_code == 0, res.output
-    assert (seen[0].max_retained_bids, seen[0].max_closed_auctions, seen[0].max_pending) == (7, 3, 9)
+    opts = seen[0]
+    assert (opts.max_retained_bids, opts.max_auctions, opts.max_open_auctions_per_client,
+            opts.max_pending) == (7, 3, 2, 9)
     assert run("node", "--addr", "localhost:1", "--max-retained-bids", "0").exit_code == 2
 
 
@@ -457,9 +462,10 @@ def test_a_node_keeps_only_as_many_bid_records_as_configured(tmp_path) -> None:
 
     node = AuctionNode(NodeOptions(addr=f"127.0.0.1:{ports.free_port_run(1)}", peers=(),
                                    data_dir=tmp_path, max_retained_bids=3,
-                                   max_closed_auctions=2))
+                                   max_auctions=5, max_open_auctions_per_client=2))
     try:
         state = node.state
-        assert (state._retention.max_bids, state._retention.max_closed) == (3, 2)
+        assert state._retention.max_bids == 3
+        assert (state.max_auctions, state.max_open_auctions_per_client) == (5, 2)
     finally:
         node.close()

@@ -36,7 +36,8 @@ def _client(servers: str, timeout: float) -> AuctionClient:
 
 
 def bid(
-    amount: Annotated[int, typer.Option(parser=params.amount, help="Whole number, 1..10**15.")],
+    amount: Annotated[int, typer.Option(parser=params.amount, metavar="AMOUNT",
+                                        help="Whole number, 1..10**15, in ASCII digits.")],
     bidder: Annotated[str, typer.Option(parser=params.name, help="Who bids.")],
     auction: AuctionId = DEFAULT_AUCTION,
     as_json: Json = False,
@@ -46,7 +47,7 @@ def bid(
     """Place a bid; exits 1 if the auction rejects it."""
     doc = {"accepted": True, "auction": auction, "bidder": bidder, "amount": amount,
            "reason": None}
-    with errors(), _client(servers, timeout) as client:
+    with errors(as_json), _client(servers, timeout) as client:
         try:
             reply = client.bid(amount, bidder, auction)
         except BidRejected as exc:
@@ -64,30 +65,45 @@ def bid(
 
 def auction_open(
     auction: Annotated[str, typer.Argument(parser=params.name, help="The new auction's id.")],
-    duration: Annotated[int, typer.Option(parser=params.duration_ms, metavar="DURATION",
-                                          help="How long it stays open: 60s, 5m.")],
+    duration: Annotated[int, typer.Option(
+        parser=params.auction_ms, metavar="DURATION",
+        help="How long it stays open: 60s, 5m, 2h (a bare number is seconds).")],
     item: Annotated[str | None, typer.Option(parser=params.item, help="What is sold.")] = None,
-    reserve: Annotated[int, typer.Option(parser=params.amount, help="Lowest acceptable bid.")] = "1",
-    increment: Annotated[int, typer.Option(parser=params.amount, help="Minimum raise.")] = "1",
+    reserve: Annotated[int, typer.Option(
+        parser=params.amount, metavar="AMOUNT", help="Lowest acceptable bid, 1..10**15.")] = "1",
+    increment: Annotated[int, typer.Option(
+        parser=params.amount, metavar="AMOUNT", help="Minimum raise, 1..10**15.")] = "1",
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the opened auction as JSON (failures too).")] = False,
     servers: Servers = DEFAULT_SERVERS,
     timeout: Timeout = "5s",
 ) -> None:
     """Open a new auction."""
-    with errors(), _client(servers, timeout) as client:
+    with errors(as_json), _client(servers, timeout) as client:
         client.open_auction(auction, duration_ms=duration, item=item, reserve=reserve,
                             increment=increment)
+    if as_json:
+        emit_json({"opened": True, "auction": auction, "item": item or auction,
+                   "duration_ms": duration, "reserve": reserve, "increment": increment})
+        return
     note(f"[green]opened[/] {auction} for {duration / 1000:g}s")
 
 
 def auction_close(
     auction: Annotated[str, typer.Argument(parser=params.name, help="The auction to close now.")],
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the outcome as JSON (failures too).")] = False,
     servers: Servers = DEFAULT_SERVERS,
     timeout: Timeout = "5s",
 ) -> None:
     """Close an auction now; the highest bid wins."""
-    with errors(), _client(servers, timeout) as client:
+    with errors(as_json), _client(servers, timeout) as client:
         reply = client.close_auction(auction)
     winner = reply.get("winner") if isinstance(reply, dict) else None
+    if as_json:
+        emit_json({"closed": True, "auction": auction, "winner": winner,
+                   "amount": reply.get("amount") if winner else None})
+        return
     note(f"closed {auction}: " + (f"{winner} wins at {reply.get('amount')}" if winner
                                   else "no winner"))
 
@@ -98,7 +114,7 @@ def auction_close(
 def auction_list(stale: Stale = False, as_json: Json = False, servers: Servers = DEFAULT_SERVERS,
                  timeout: Timeout = "5s") -> None:
     """List every auction."""
-    with errors(), _client(servers, timeout) as client:
+    with errors(as_json), _client(servers, timeout) as client:
         auctions = client.auctions(stale=stale)
     _show(auctions, as_json, lambda: console.auctions_table(auctions))
 
@@ -106,7 +122,7 @@ def auction_list(stale: Stale = False, as_json: Json = False, servers: Servers =
 def result(auction: AuctionId = DEFAULT_AUCTION, stale: Stale = False, as_json: Json = False,
            servers: Servers = DEFAULT_SERVERS, timeout: Timeout = "5s") -> None:
     """Show an auction's state, highest bid and winner."""
-    with errors(), _client(servers, timeout) as client:
+    with errors(as_json), _client(servers, timeout) as client:
         doc = client.result(auction, stale=stale)
     _show(doc, as_json, lambda: console.result_table(doc))
 
@@ -114,7 +130,7 @@ def result(auction: AuctionId = DEFAULT_AUCTION, stale: Stale = False, as_json: 
 def history(auction: AuctionId = DEFAULT_AUCTION, stale: Stale = False, as_json: Json = False,
             servers: Servers = DEFAULT_SERVERS, timeout: Timeout = "5s") -> None:
     """List an auction's accepted bids in order."""
-    with errors(), _client(servers, timeout) as client:
+    with errors(as_json), _client(servers, timeout) as client:
         bids = client.history(auction, stale=stale)
     _show({"auction": auction, "bids": bids}, as_json,
           lambda: console.history_table(auction, bids))

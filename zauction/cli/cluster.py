@@ -11,8 +11,8 @@ import typer
 from brokerless.storage import Durability
 from zauction.auction.domain import MAX_RETAINED_BIDS
 from zauction.cli import console, params
-from zauction.cli.console import errors, note, out
-from zauction.cli.params import EPILOG, DataRoot, Json, Timeout
+from zauction.cli.console import dir_errors, emit_json, errors, note, out, usable_dir
+from zauction.cli.params import EPILOG, DataRoot, Json, Timeout, whole
 from zauction.cli.status import show_status
 from zauction.tools import cluster as local
 
@@ -29,35 +29,48 @@ def register(app: typer.Typer) -> None:
 
 
 def cluster_up(
-    nodes: Annotated[int, typer.Option(min=1, max=15, help="How many nodes.")] = 3,
-    base_port: Annotated[int, typer.Option(min=1, max=65535, help="First node's port.")] = 8001,
-    host: Annotated[str, typer.Option(help="Host the nodes listen on.")] = "localhost",
+    nodes: Annotated[int, typer.Option(**whole(1, 15), help="How many nodes.")] = 3,
+    base_port: Annotated[int, typer.Option(
+        **whole(1, 65535), help="First node's port; the others follow it.")] = 8001,
+    host: Annotated[str, typer.Option(parser=params.parse_host,
+                                      help="Host the nodes listen on.")] = "localhost",
     data_dir: DataRoot = Path("data"),
-    auction_duration: Annotated[int, typer.Option(parser=params.duration_ms, metavar="DURATION",
-                                                  help="Default auction length.")] = "100s",
+    auction_duration: Annotated[int, typer.Option(
+        parser=params.auction_ms, metavar="DURATION",
+        help="Default auction length (a bare number is seconds).")] = "100s",
     durability: Annotated[Durability, typer.Option()] = Durability.ALWAYS,
     max_retained_bids: Annotated[int, typer.Option(
-        min=1, help="Bid records each node keeps (see `zauction node --help`).")
+        **whole(1), help="Bid records each node keeps (see `zauction node --help`).")
     ] = MAX_RETAINED_BIDS,
     detach: Annotated[bool, typer.Option(
         "--detach", help="Return once a leader is elected, leaving the nodes running.")] = False,
 ) -> None:
-    """Start a local cluster and show its nodes live; Ctrl-C stops them all."""
-    with errors(), local.sigterm_as_interrupt():
-        handle = local.start_cluster(data_dir.resolve(), nodes=nodes, base_port=base_port,
-                                     host=host, auction_duration_ms=auction_duration,
-                                     durability=durability.value,
-                                     node_args=[f"--max-retained-bids={max_retained_bids}"])
+    """Start a local cluster and show its nodes live; Ctrl-C, SIGTERM or SIGHUP stops them all.
+
+    Each node gets SIGTERM, then SIGKILL if it is still running after 5 s. Exits 5 if DATA_DIR cannot be used (not a directory, no permission)."""  # noqa: E501 (typer keeps a paragraph's line breaks)
+    if base_port + nodes - 1 > 65535:
+        raise typer.BadParameter(f"{nodes} nodes from port {base_port} go past port 65535",
+                                 param_hint="'--base-port'")
+    root = data_dir.resolve()
+    with errors(), local.sigterm_as_interrupt(), dir_errors(root):
+        usable_dir(root)
+        handle: local.ClusterHandle | None = None
+        running = False
         try:
-            _run_cluster(handle, detach)
-        except BaseException:
-            stop_and_report(handle)
-            raise
-        if not detach:
-            stop_and_report(handle)
+            with local.deferred_interrupts():  # an interrupt waits until the handle is ours
+                handle = local.start_cluster(
+                    root, nodes=nodes, base_port=base_port, host=host,
+                    auction_duration_ms=auction_duration, durability=durability.value,
+                    node_args=[f"--max-retained-bids={max_retained_bids}"])
+            running = _run_cluster(handle, detach)
+        finally:
+            # Ctrl-C, a signal, an error, or the end of the live view: stop what started.
+            if handle is not None and not running:
+                stop_and_report(handle)
 
 
-def _run_cluster(handle: local.ClusterHandle, detach: bool) -> None:
+def _run_cluster(handle: local.ClusterHandle, detach: bool) -> bool:
+    """Show the cluster; True if it is left running (--detach), False once it must stop."""
     note(f"started {len(handle.nodes)} nodes (pids "
          f"{' '.join(str(n.pid) for n in handle.nodes)}); logs in {handle.root}")
     local.wait_for_leader(handle.servers, time.monotonic() + LEADER_DEADLINE_S, handle)
@@ -66,13 +79,14 @@ def _run_cluster(handle: local.ClusterHandle, detach: bool) -> None:
         out.print(console.nodes_table(client.status()))
         client.close()
         note(f"running; stop with: zauction cluster down --data-dir {handle.root}")
-        return
+        return True
     try:
         console.live_nodes(client.status, "nodes (Ctrl-C stops them)")
     except KeyboardInterrupt:
         pass
     finally:
         client.close()
+    return False
 
 
 def report_stops(reports: list[local.StopReport]) -> None:
@@ -80,21 +94,36 @@ def report_stops(reports: list[local.StopReport]) -> None:
         note(f"{report.addr} (pid {report.pid}): {report.outcome}")
 
 
-def stop_and_report(handle: local.ClusterHandle) -> None:
-    report_stops(local.stop_cluster(handle))
+def stop_and_report(handle: local.ClusterHandle, quiet: bool = False) -> list[local.StopReport]:
+    """Stop the nodes, forget the cluster file, then say so unless `quiet` (a failing stdout
+    must not keep the nodes running)."""
+    reports = local.stop_cluster(handle)
     (handle.root / local.CLUSTER_FILE).unlink(missing_ok=True)
+    if not quiet:
+        report_stops(reports)
+    return reports
 
 
-def cluster_down(data_dir: DataRoot = Path("data")) -> None:
+def load_recorded(root: Path) -> local.ClusterHandle:
+    """The cluster recorded in ROOT/cluster.json; exit 5 if ROOT cannot be read at all."""
+    with dir_errors(root):
+        return local.load_cluster(root)
+
+
+def cluster_down(data_dir: DataRoot = Path("data"), as_json: Annotated[bool, typer.Option(
+        "--json", help="Print what was stopped as JSON (failures too).")] = False) -> None:
     """Stop the cluster recorded in DATA_DIR/cluster.json (SIGTERM, then SIGKILL)."""
-    with errors():
-        handle = local.load_cluster(data_dir.resolve())
-        stop_and_report(handle)
+    root = data_dir.resolve()
+    with errors(as_json):
+        reports = stop_and_report(load_recorded(root), quiet=as_json)
+    if as_json:
+        emit_json({"root": str(root), "nodes": [
+            {"addr": r.addr, "pid": r.pid, "outcome": r.outcome} for r in reports]})
 
 
 def cluster_status(data_dir: DataRoot = Path("data"), as_json: Json = False,
                    timeout: Timeout = "1s") -> None:
     """Status of the nodes recorded in DATA_DIR/cluster.json."""
-    with errors():
-        handle = local.load_cluster(data_dir.resolve())
+    with errors(as_json):
+        handle = load_recorded(data_dir.resolve())
     show_status(handle.servers, timeout, as_json)

@@ -1,16 +1,20 @@
 """Everything the CLI prints goes through here: two consoles, table builders, one error path.
 
 Commands never print an exception themselves: they run inside `errors()`, which maps our
-exception classes to one message on stderr and one exit code (see ExitCode).
+exception classes to one message on stderr and one exit code (see ExitCode); with --json,
+`errors(as_json=True)` prints the failure as one JSON object on stdout instead (error_doc).
+Usage errors of a command line with --json become the same object in zauction.cli.app.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -49,16 +53,20 @@ class ExitCode(IntEnum):
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 bid rejected or request refused (also: port in use, nodes disagree); "
     "2 usage error or bad input; 3 cluster unavailable or timed out; 4 unknown auction; "
-    "5 data directory refused (another node's, corrupt or in use)."
+    "5 data directory refused or unusable (another node's, corrupt, in use, not a directory, "
+    "no permission).  With --json a failure prints one JSON object on stdout: "
+    '{"ok": false, "error": KIND, "code": EXIT CODE, "message": TEXT}.'
 )
 
 
 class CliError(Exception):
-    """A failure the CLI itself detected, with the exit code it deserves."""
+    """A failure the CLI itself detected, with the exit code it deserves (and, for --json, a
+    kind more precise than the code's name)."""
 
-    def __init__(self, message: str, code: ExitCode) -> None:
+    def __init__(self, message: str, code: ExitCode, kind: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.kind = kind or code.name.lower()
 
 
 def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
@@ -84,6 +92,23 @@ def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
     return None
 
 
+def error_kind(exc: BaseException, code: ExitCode) -> str:
+    """The "error" of a --json failure: what went wrong, finer than the exit code."""
+    if isinstance(exc, CliError):
+        return exc.kind
+    for kinds, kind in ((BidRejected, "rejected"), (RequestTimeout, "timeout"),
+                        ((BadRequest, InvalidCommand), "bad_request"),
+                        (BindError, "cannot_listen"), (ClusterError, "cluster")):
+        if isinstance(exc, kinds):
+            return kind
+    return code.name.lower()
+
+
+def error_doc(code: int, kind: str, message: str) -> dict:
+    """A failure as --json prints it."""
+    return {"ok": False, "error": kind, "code": int(code), "message": message}
+
+
 def _detail(exc: BidRejected) -> str:
     """The server's explanation when it has one, else what the reply says about the auction."""
     text = str(exc)
@@ -99,13 +124,21 @@ def _detail(exc: BidRejected) -> str:
     return "; ".join(facts) or "no details"
 
 
-def fail(code: ExitCode, message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+def fail(code: ExitCode, message: str, *, as_json: bool = False,
+         kind: str | None = None) -> NoReturn:
+    """Print one failure (a line on stderr, or with `as_json` one JSON object on stdout) and
+    exit with `code`."""
+    if as_json:
+        emit_json(error_doc(code, kind or code.name.lower(), message))
+    else:
+        # Text, not markup: a message quoting "[...]" from the user prints as it is.
+        err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False,
+                  soft_wrap=True)
     raise typer.Exit(int(code))
 
 
 @contextmanager
-def errors() -> Iterator[None]:
+def errors(as_json: bool = False) -> Iterator[None]:
     """Turn our exceptions into a message and an exit code; let anything else propagate."""
     try:
         yield
@@ -113,7 +146,45 @@ def errors() -> Iterator[None]:
         mapped = classify(exc)
         if mapped is None:
             raise
-        fail(*mapped)
+        fail(*mapped, as_json=as_json, kind=error_kind(exc, mapped[0]))
+
+
+def usable_dir(path: Path, what: str = "data directory") -> Path:
+    """Create `path` (and its parents) if need be and check it is a directory this process can
+    write; CliError (exit 5) naming the reason otherwise, before anything starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CliError(f"cannot use {path} as the {what}: it exists and is not a directory",
+                       ExitCode.DATA_DIR, "data_dir") from None
+    except OSError as exc:
+        raise CliError(f"cannot use {path} as the {what}: {_reason(exc)}",
+                       ExitCode.DATA_DIR, "data_dir") from None
+    if not path.is_dir():
+        raise CliError(f"cannot use {path} as the {what}: not a directory",
+                       ExitCode.DATA_DIR, "data_dir")
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise CliError(f"cannot use {path} as the {what}: no permission to write there",
+                       ExitCode.DATA_DIR, "data_dir")
+    return path
+
+
+@contextmanager
+def dir_errors(path: Path, what: str = "data directory") -> Iterator[None]:
+    """An OSError about a file (not a socket) while working in `path`: exit 5 with its reason."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        raise CliError(f"cannot use {path} as the {what}: {_reason(exc)}",
+                       ExitCode.DATA_DIR, "data_dir") from None
+
+
+def _reason(exc: OSError) -> str:
+    """"Permission denied: /x/y" from an OSError, without the errno and the traceback."""
+    reason = exc.strerror or str(exc)
+    return f"{reason.lower()}: {exc.filename}" if exc.filename else reason.lower()
 
 
 def emit_json(obj: Any) -> None:

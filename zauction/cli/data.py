@@ -29,17 +29,21 @@ def register(app: typer.Typer) -> None:
 def inspect_command(
     directory: Annotated[Path, typer.Argument(
         metavar="DIR", help="A node's data directory (or its raft.db).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print JSON instead of tables (a failure too).")] = False,
 ) -> None:
     """Verify a node's data directory and show its ids, log, snapshot and auctions.
 
     Read-only and safe while the node runs. Exits 5 if DIR is not a node's data directory
     or what it holds is corrupt (the message names the file and the problem)."""
-    with errors():
+    with errors(as_json):
         try:
             report = inspect_data_dir(directory)
         except StorageError as exc:
             raise CliError(f"cannot inspect {directory}: {exc}", ExitCode.DATA_DIR) from None
+        except OSError as exc:  # no permission, a path through a file, ...
+            raise CliError(f"cannot inspect {directory}: {exc.strerror or exc}",
+                           ExitCode.DATA_DIR) from None
     if as_json:
         emit_json(report.to_dict())
         return

@@ -11,7 +11,7 @@ import typer
 from zauction.cli import console
 from zauction.cli.cluster import report_stops
 from zauction.cli.console import CliError, ExitCode, errors, note, out
-from zauction.cli.params import EPILOG
+from zauction.cli.params import EPILOG, whole
 from zauction.tools.cluster import ClusterHandle, StopReport, sigterm_as_interrupt
 from zauction.tools.demo import BidOutcome, DemoReport, run_demo
 
@@ -21,11 +21,19 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    nodes: Annotated[int, typer.Option(min=3, max=9, help="Cluster size (3 or more).")] = 3,
-    base_port: Annotated[int, typer.Option(min=1, max=65535, help="First node's port.")] = 8001,
-    bids: Annotated[int, typer.Option(min=2, max=10_000, help="Bids to place in all.")] = 30,
+    nodes: Annotated[int, typer.Option(**whole(3, 9),
+                                       help="Cluster size (3 or more).")] = 3,
+    base_port: Annotated[int, typer.Option(
+        **whole(1, 65535), help="First node's port; the others follow it.")] = 8001,
+    bids: Annotated[int, typer.Option(**whole(2, 10_000),
+                                      help="Bids to place in all.")] = 30,
 ) -> None:
-    """Start a local cluster, bid, kill the leader, keep bidding, check every node agrees."""
+    """Start a local cluster, bid, kill the leader, keep bidding, check every node agrees.
+
+    Ctrl-C, SIGTERM or SIGHUP stops every node it started (SIGKILL after a deadline)."""
+    if base_port + nodes - 1 > 65535:
+        raise typer.BadParameter(f"{nodes} nodes from port {base_port} go past port 65535",
+                                 param_hint="'--base-port'")
     with errors(), sigterm_as_interrupt():
         report = run_demo(Narrator(), nodes=nodes, base_port=base_port, bids=bids)
         print_report(report)

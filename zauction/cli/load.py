@@ -32,6 +32,7 @@ from zauction.tools.loadgen import (
 )
 
 MAX_VIOLATIONS_SHOWN = 10
+MAX_RATE = 10_000_000.0  # offered bids per second: far beyond any cluster, short of absurd
 
 
 def register(app: typer.Typer) -> None:
@@ -41,15 +42,19 @@ def register(app: typer.Typer) -> None:
 
 
 def load(
-    bidders: Annotated[int, typer.Option(min=1, max=100_000,
+    bidders: Annotated[int, typer.Option(**params.whole(1, 100_000),
                                          help="Bidders, each its own client id.")] = 100,
-    duration: Annotated[float, typer.Option(parser=params.duration_s, metavar="DURATION",
-                                            help="How long to offer load: 30s, 2m.")] = "30s",
+    duration: Annotated[float, typer.Option(
+        parser=params.load_duration_s, metavar="DURATION",
+        help="How long to offer load: 30s, 2m (a bare number is seconds); at most a day.")
+    ] = "30s",
     rate: Annotated[float | None, typer.Option(
-        min=0.001, help="Open loop: offered bids per second (latency counts lateness).")] = None,
+        **params.decimal(0.001, MAX_RATE),
+        help="Open loop: offered bids per second (latency counts lateness).")] = None,
     concurrency: Annotated[int | None, typer.Option(
-        min=1, max=100_000, help="Closed loop: bids in flight \\[default: --bidders].")] = None,
-    auctions: Annotated[int, typer.Option(min=1, max=10_000,
+        **params.whole(1, 100_000),
+        help="Closed loop: bids in flight \\[default: --bidders].")] = None,
+    auctions: Annotated[int, typer.Option(**params.whole(1, 10_000),
                                           help="Auctions to spread the bidders over.")] = 1,
     history: Annotated[Path | None, typer.Option(
         help="Write every operation to FILE as JSON lines.", metavar="FILE")] = None,
@@ -59,8 +64,9 @@ def load(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     servers: Servers = DEFAULT_SERVERS,
     op_timeout: Annotated[float, typer.Option(
-        parser=params.duration_s, metavar="DURATION",
-        help="Give up on a bid (outcome unknown) after this long.")] = f"{OP_TIMEOUT_S:g}s",
+        parser=params.timeout_s, metavar="DURATION",
+        help="Give up on a bid (outcome unknown) after this long (a bare number is seconds; "
+             "at most 7 days).")] = f"{OP_TIMEOUT_S:g}s",
 ) -> None:
     """Offer bids at a rate or concurrency; report throughput, latency, errors."""
     if rate is not None and concurrency is not None:
@@ -69,7 +75,7 @@ def load(
     addrs = params.parse_addr_list(servers)
     if rate is None and concurrency is None:
         concurrency = bidders
-    with errors(), _load_errors():
+    with errors(as_json), _load_errors():
         result = _run(addrs, bidders, duration, rate, concurrency, auctions, history,
                       check_after, as_json, op_timeout)
         verdict, unreachable = _check(addrs, result) if check_after else (None, ())

@@ -26,8 +26,8 @@ def status_document(statuses: list[dict]) -> dict:
 def show_status(servers: Sequence[str], timeout: float, as_json: bool) -> None:
     """Print every node's status (`zauction status`, `zauction cluster status`); exits 3 when
     no node answers."""
-    with errors(), cluster.open_client(servers, timeout=timeout,
-                                       attempt_timeout=timeout) as client:
+    with errors(as_json), cluster.open_client(servers, timeout=timeout,
+                                              attempt_timeout=timeout) as client:
         statuses = client.status()
         if all(s.get("role") == "unreachable" for s in statuses):
             raise ClusterUnavailable(f"no node answered ({', '.join(servers)})")
@@ -50,7 +50,8 @@ def watch(auction: Annotated[str | None, typer.Option(
           timeout: Timeout = "2s") -> None:
     """Follow the live feed of committed events until Ctrl-C."""
     addrs = params.parse_addr_list(servers)
-    with errors(), cluster.open_client(addrs, timeout=timeout, attempt_timeout=timeout) as client:
+    with errors(as_json), cluster.open_client(addrs, timeout=timeout,
+                                              attempt_timeout=timeout) as client:
         if all(s.get("role") == "unreachable" for s in client.status()):
             raise ClusterUnavailable(f"no node answered ({', '.join(addrs)})")
         try:

@@ -255,6 +255,7 @@ class AuctionNode:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_signal)  # the terminal of a foreground node closed
         try:
             self.runtime.run(lambda: stop["now"])
         finally:

@@ -210,12 +210,14 @@ def launch(handle: ClusterHandle,
             if prepare is not None:
                 prepare(node)
             _spawn(node)
+        # Inside the try: an interrupt (or a full disk) here must not leave the nodes running
+        # with nobody holding their PIDs.
+        write_cluster_file(handle)
     except BaseException as exc:
         stop_cluster(handle)
         if isinstance(exc, OSError):
             raise ClusterError(f"cannot start a node: {exc}") from exc
         raise
-    write_cluster_file(handle)
     return handle
 
 
@@ -234,10 +236,12 @@ def _spawn(node: NodeProcess) -> None:
         log.write(f"{START_MARKER} {node.addr}\n".encode())
         log.flush()
         # A new session: a Ctrl-C at the terminal reaches only us, and we stop them in order.
-        proc = subprocess.Popen(node.cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=node.code,
-                                env=child_env(node.code), start_new_session=True)
-    node.proc, node.pid, node.paused, node.ended = proc, proc.pid, False, False
+        # An interrupt waits until the child is recorded, so whoever stops us can stop it.
+        with deferred_interrupts():
+            proc = subprocess.Popen(node.cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=node.code,
+                                    env=child_env(node.code), start_new_session=True)
+            node.proc, node.pid, node.paused, node.ended = proc, proc.pid, False, False
 
 
 # --- cluster.json ---------------------------------------------------------------------------------
@@ -431,6 +435,13 @@ def stop_node(handle: ClusterHandle, addr: str, timeout: float = STOP_TIMEOUT_S)
 
 def _stop(handle: ClusterHandle, nodes: Sequence[NodeProcess],
           timeout: float) -> list[StopReport]:
+    # Another Ctrl-C or SIGTERM while we stop must not cut the stop short (its SIGKILL after
+    # the deadline is what ends a node that ignores SIGTERM): see sigterm_as_interrupt.
+    with _absorbed_interrupts():
+        return _stop_nodes(nodes, timeout)
+
+
+def _stop_nodes(nodes: Sequence[NodeProcess], timeout: float) -> list[StopReport]:
     reports: dict[str, StopReport] = {}
     signalled: list[NodeProcess] = []
     for node in nodes:
@@ -479,18 +490,69 @@ def _wait_exit(node: NodeProcess, deadline: float) -> bool:
     return True
 
 
+# Signals that end a command which runs nodes: SIGTERM (kill, a supervisor), SIGINT (Ctrl-C)
+# and SIGHUP (its terminal went away). The nodes run in sessions of their own, so only the
+# command gets them, and it must stop its nodes itself.
+INTERRUPT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP")
+                          if hasattr(signal, name))
+
+
+class _Interrupts:
+    """What sigterm_as_interrupt's handler does now (signal handlers run in the main thread)."""
+
+    deferring = 0  # > 0: inside deferred_interrupts (a signal waits for its end)
+    absorbing = 0  # > 0: inside a stop (a signal is dropped: the stop ends every node anyway)
+    pending = False  # a signal arrived while deferring
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    if _Interrupts.absorbing:
+        return
+    if _Interrupts.deferring:
+        _Interrupts.pending = True
+        return
+    raise KeyboardInterrupt
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Inside, SIGTERM raises KeyboardInterrupt, so the same cleanup runs for both."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    """Inside, SIGTERM and SIGHUP raise KeyboardInterrupt as Ctrl-C (SIGINT) does, so the same
+    cleanup runs for all three; and the cleanup is safe from more of them: while nodes are
+    stopped (stop_cluster, stop_node) another signal is ignored, since the stop sends SIGTERM
+    and then SIGKILL after its deadline whatever happens, and while a node is spawned (or in
+    deferred_interrupts) a signal waits until the new node is recorded in its NodeProcess."""
+    previous = {sig: signal.signal(sig, _on_interrupt) for sig in INTERRUPT_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """An interrupt (under sigterm_as_interrupt) that arrives inside is raised at its end: for
+    short steps that must not be cut in two, such as starting a node and recording its PID, or
+    a command keeping the handle that start_cluster returns."""
+    _Interrupts.deferring += 1
+    try:
+        yield
+    finally:
+        _Interrupts.deferring -= 1
+        interrupted = _Interrupts.pending and not _Interrupts.deferring
+        if interrupted:
+            _Interrupts.pending = False
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _absorbed_interrupts() -> Iterator[None]:
+    _Interrupts.absorbing += 1
+    try:
+        yield
+    finally:
+        _Interrupts.absorbing -= 1
 
 
 # --- waiting --------------------------------------------------------------------------------------

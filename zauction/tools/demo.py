@@ -80,8 +80,11 @@ def run_demo(observer: DemoObserver, *, nodes: int = 3, base_port: int = 8001,
     started = time.monotonic()
     handle: cluster.ClusterHandle | None = None
     try:
-        handle = cluster.start_cluster(root, nodes=nodes, base_port=base_port,
-                                       auction_duration_ms=DEMO_AUCTION_MS)
+        # A signal while the nodes start waits until their PIDs are in `handle`, so the
+        # `finally` below can stop them.
+        with cluster.deferred_interrupts():
+            handle = cluster.start_cluster(root, nodes=nodes, base_port=base_port,
+                                           auction_duration_ms=DEMO_AUCTION_MS)
         observer.started(handle)
         return demo_steps(handle, bids, observer, started)
     finally:
