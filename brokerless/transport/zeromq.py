@@ -72,7 +72,7 @@ HELLO_INTERVAL_MAX_S = 3.2
 DEALER_RENEW_S = 1.0
 DEALER_RENEW_MAX_S = 16.0
 # ZMTP heartbeats on every ROUTER/DEALER connection: a connection that went silent (its
-# peer froze, or the ROUTER handed its routing id to another connection) is noticed within
+# peer froze, or the network dropped it without a FIN) is noticed within
 # the timeout and re-established, instead of swallowing messages for ever.
 _KEEPALIVE = {zmq.HEARTBEAT_IVL: 200, zmq.HEARTBEAT_TIMEOUT: 600, zmq.HEARTBEAT_TTL: 1200}
 # Subscriptions reach a PUB socket as inbound messages: without a bound, 20 subscriptions of
